@@ -31,7 +31,11 @@ build_rootfs_image() {
     "$customize" "$rootfs"
     copy_apt_mirror_settings "$rootfs"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
-    tar --numeric-owner -C "$rootfs" -c . | docker import "$@" - "$tag" >/dev/null
+    if ! tar --numeric-owner -C "$rootfs" -c . | docker import "$@" - "$tag" >/dev/null; then
+        rm -rf "$rootfs"
+        log "docker import of $tag failed"
+        return 1
+    fi
     rm -rf "$rootfs"
     log "built $tag in $((SECONDS - start)) s"
 }
@@ -92,7 +96,7 @@ build_host() {
     build_rootfs_image trixie \
         systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,iputils-ping,procps,ca-certificates,sudo,gnupg,curl \
         "$HOST_IMAGE" customize_host \
-        -c 'ENV container=docker' -c 'ENV LANG=C.UTF-8' -c 'STOPSIGNAL SIGRTMIN+3' -c 'CMD ["/sbin/init"]'
+        -c 'ENV container=docker' -c 'ENV LANG=C.UTF-8' -c 'CMD ["/sbin/init"]'
 }
 
 main() {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Sets up the control node, idempotently: Debian packages it lacks, a running Docker engine
+# (started by hand where there is no systemd), .venv/ with the pinned dependencies and the
+# trainer package, app/wheelhouse/ for offline trainer image builds, and data/input.txt.
+# Each step is skipped when it is already done.
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO_DIR/.venv"
+DOCKERD_LOG="${DOCKERD_LOG:-/var/log/chargpt-dockerd.log}"
+DOCKERD_PIDFILE="${DOCKERD_PIDFILE:-/run/chargpt-dockerd.pid}"
+SHARED_CORPUS="$REPO_DIR/../shared/data/tinyshakespeare.txt"
+CORPUS="$REPO_DIR/data/input.txt"
+CORPUS_URL=https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+
+# This machine's pip.conf names local indexes that pip warns about for every package: keep
+# the output readable by dropping just those lines.
+pip_quiet() { "$VENV/bin/pip" "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+
+log() { printf '[bootstrap %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Content hash of the given files, to redo a step only when its inputs changed.
+fingerprint() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+install_packages() {
+    local missing=()
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    command -v ssh >/dev/null || missing+=(openssh-client)
+    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    ((${#missing[@]})) || return 0
+    ((EUID == 0)) || die "missing Debian packages ${missing[*]}: run this as root, or: sudo apt-get install -y ${missing[*]}"
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+start_docker_engine() {
+    docker info >/dev/null 2>&1 && return 0
+    if [[ "$(cat /proc/1/comm 2>/dev/null)" == systemd ]]; then
+        log "starting the Docker engine with systemctl"
+        systemctl start docker
+    else
+        ((EUID == 0)) || die "no Docker engine answers and starting dockerd needs root: run this as root"
+        log "no Docker engine answers and there is no systemd: starting dockerd (log $DOCKERD_LOG)"
+        nohup dockerd >>"$DOCKERD_LOG" 2>&1 &
+        echo $! >"$DOCKERD_PIDFILE"
+    fi
+    local deadline=$((SECONDS + 60))
+    until docker info >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || { tail -n 20 "$DOCKERD_LOG" >&2 || true; die "the Docker engine did not come up within 60 s (log above)"; }
+        sleep 1
+    done
+    log "Docker engine up: $(docker info -f '{{.ServerVersion}}')"
+}
+
+create_venv() {
+    local stamp="$VENV/.chargpt-requirements" want
+    want="$(fingerprint "$REPO_DIR/requirements.txt")"
+    [[ -x "$VENV/bin/python" ]] || { log "creating .venv"; python3 -m venv "$VENV"; }
+    if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+        log "installing requirements.txt into .venv"
+        pip_quiet install -q --disable-pip-version-check -r "$REPO_DIR/requirements.txt"
+        echo "$want" >"$stamp"
+    fi
+}
+
+install_trainer() {
+    local pyproject="$REPO_DIR/app/pyproject.toml" stamp="$VENV/.chargpt-app" want
+    if [[ ! -f "$pyproject" ]]; then
+        log "app/pyproject.toml not there yet: trainer package not installed"
+        return 0
+    fi
+    want="$(fingerprint "$pyproject")"
+    [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && return 0
+    log "installing the trainer package (pip install -e app/)"
+    pip_quiet install -q --disable-pip-version-check -e "$REPO_DIR/app"
+    echo "$want" >"$stamp"
+}
+
+fill_wheelhouse() {
+    local requirements="$REPO_DIR/app/requirements.txt" wheelhouse="$REPO_DIR/app/wheelhouse"
+    if [[ ! -f "$requirements" ]]; then
+        log "app/requirements.txt not there yet: app/wheelhouse/ not filled"
+        return 0
+    fi
+    local stamp="$wheelhouse/.chargpt-requirements" want
+    want="$(fingerprint "$requirements")"
+    [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && return 0
+    log "downloading the trainer's pinned wheels into app/wheelhouse/"
+    mkdir -p "$wheelhouse"
+    # The trainer image's Python (Debian 12) is 3.11 like the control node, so these wheels fit it.
+    pip_quiet download -q --disable-pip-version-check --only-binary=:all: \
+        -r "$requirements" -d "$wheelhouse"
+    echo "$want" >"$stamp"
+}
+
+provide_corpus() {
+    [[ -s "$CORPUS" ]] && return 0
+    mkdir -p "$(dirname "$CORPUS")"
+    if [[ -s "$SHARED_CORPUS" ]]; then
+        cp "$SHARED_CORPUS" "$CORPUS"
+        log "data/input.txt copied from ../shared/data/tinyshakespeare.txt"
+        return 0
+    fi
+    die "data/input.txt (the training corpus, tiny-shakespeare) is missing. Get it with:
+    curl -fsSL -o data/input.txt $CORPUS_URL
+or put any UTF-8 text of at least a few hundred KB at data/input.txt, then run this again."
+}
+
+main() {
+    local start=$SECONDS
+    install_packages
+    start_docker_engine
+    create_venv
+    install_trainer
+    fill_wheelhouse
+    provide_corpus
+    log "control node ready in $((SECONDS - start)) s (activate with: source .venv/bin/activate)"
+}
+
+main "$@"
