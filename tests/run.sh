@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's second command: set up the control node, then run every test (trainer unit and
+# multi-process tests, Ansible static checks, end-to-end tests against a lab of simulated hosts).
+# Extra arguments go to pytest. Fails when any test fails and when no test ran at all.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+lab/bootstrap.sh
+# ansible-playbook, ansible-inventory and torchrun must come from .venv for every subprocess.
+export PATH="$PWD/.venv/bin:$PATH"
+
+start=$SECONDS
+status=0
+python -m pytest -ra tests "$@" || status=$?
+echo "tests/run.sh: pytest finished in $((SECONDS - start)) s with exit status $status" >&2
+if ((status == 5)); then
+    echo "tests/run.sh: no tests ran; that is a failure (check the paths and -k/-m filters given)" >&2
+fi
+exit "$status"
