@@ -1,0 +1,1 @@
+"""chargpt: a fast, resumable character-level GPT trainer for multi-host DDP."""

@@ -1,0 +1,108 @@
+"""Atomic files and checkpoints: write to a temp file in the same folder, fsync, rename."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+CHECKPOINT_DIR = "checkpoints"
+_CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+_TEMP_SUFFIX = ".tmp"
+REQUIRED_KEYS = ("model", "optimizer", "step", "config", "model_args", "vocab", "rng")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace path with data so that readers see the old or the new file, never a part."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}{_TEMP_SUFFIX}")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_save_torch(path: Path, obj) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the checkpoints in run_dir, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write the checkpoint for step atomically, then delete all but the newest keep."""
+    path = checkpoint_path(run_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_torch(path, state)
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files left by a writer that was killed mid-write."""
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):
+        if folder.is_dir():
+            for path in folder.glob(f".*{_TEMP_SUFFIX}"):
+                path.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return state
+
+
+def load_latest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict | None:
+    """The newest checkpoint that loads; unreadable (torn) ones are skipped with a warning."""
+    for step, path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(path)
+        except Exception as error:  # a torn or foreign file must not stop the resume
+            warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+                 "falling back to the previous one")
+    return None

@@ -1,0 +1,84 @@
+"""Command line: `chargpt train` and `chargpt sample`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import distributed
+from .config import PRESETS, ConfigError, build_config, parse_assignments
+from .data import CorpusError, load_corpus
+from .distributed import DistributedError
+from .sample import SampleError, generate_text
+from .train import Resume, ResumeError, find_resume_state, log, run
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chargpt", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (resumes from the run directory's checkpoints)")
+    train.add_argument("--data", required=True, type=Path, help="UTF-8 text corpus")
+    train.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)} (default: cpu)")
+    train.add_argument("--run-dir", required=True, type=Path, help="where checkpoints and outputs go")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key (repeatable); beats CHARGPT_<KEY> in the environment")
+
+    sample = commands.add_parser("sample", help="generate text with a trained model")
+    sample.add_argument("--run-dir", required=True, type=Path)
+    sample.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    sample.add_argument("--chars", type=int, default=500, help="characters to generate")
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    sample.add_argument("--seed", type=int, default=1337)
+    return parser
+
+
+def train_command(args: argparse.Namespace) -> int:
+    env = distributed.read_env()
+    config = build_config(args.preset, parse_assignments(args.set))
+    config.check_world_size(env.world_size)
+    corpus = load_corpus(args.data, config.block_size, config.val_fraction)
+    # Only rank 0's host has the run directory; it checks it before anyone joins the group.
+    resume = find_resume_state(args.run_dir, config, corpus.tokenizer) if env.is_main else Resume(None)
+    device = distributed.choose_device(config.device, env)
+    distributed.init_process_group(env, device, config.dist_timeout_s,
+                                   log=log if env.local_rank == 0 else (lambda message: None))
+    try:
+        run(config, corpus, args.run_dir, env, resume, device)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def sample_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.chars < 1:
+        parser.error(f"--chars {args.chars} must be at least 1")
+    if args.temperature <= 0:
+        parser.error(f"--temperature {args.temperature} must be positive")
+    if args.top_k < 0:
+        parser.error(f"--top-k {args.top_k} must not be negative")
+    if not args.prompt:
+        parser.error("--prompt must not be empty")
+    text = generate_text(args.run_dir, args.prompt, args.chars, args.temperature, args.top_k,
+                         args.seed, log=lambda message: print(f"[chargpt] {message}", file=sys.stderr))
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return train_command(args)
+        return sample_command(args, parser)
+    except (ConfigError, CorpusError, ResumeError, DistributedError, SampleError) as error:
+        # Under torchrun every rank gets the same error; one line per host is enough.
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"chargpt: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT

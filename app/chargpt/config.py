@@ -1,0 +1,192 @@
+"""Training configuration: one validated dataclass, named presets, overrides from CLI and env."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+ENV_PREFIX = "CHARGPT_"
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value; the message names it and says how to fix it."""
+
+
+@dataclass
+class TrainConfig:
+    # Model shape.
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64  # context length in characters
+    dropout: float = 0.0
+    bias: bool = True
+    # Optimisation. batch_size is the global batch: sequences per step over all ranks.
+    batch_size: int = 12
+    micro_batch_size: int = 0  # sequences per forward pass on one rank; 0 = the rank's whole share
+    max_steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    lr_schedule: str = "cosine"  # "cosine" (after warmup) or "constant"
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    # Evaluation, logging, checkpoints.
+    eval_interval: int = 250
+    eval_batches: int = 20  # batches per split per evaluation, shared among the ranks
+    log_interval: int = 50
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 3
+    # Data.
+    val_fraction: float = 0.1
+    seed: int = 1337
+    # Sample written at the end of training.
+    sample_chars: int = 500
+    sample_temperature: float = 1.0
+    sample_top_k: int = 0  # 0 = no top-k filtering
+    # Runtime.
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    dtype: str = "auto"  # "auto" (bfloat16 autocast on CUDA), "float32" or "bfloat16"
+    compile: bool = False
+    num_threads: int = 0  # CPU threads per rank; 0 = the machine's cores divided among local ranks
+    dist_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            _check_type(field.name, getattr(self, field.name), field.type)
+        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps",
+                    "eval_interval", "eval_batches", "log_interval", "checkpoint_interval",
+                    "keep_checkpoints", "sample_chars")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        non_negative = ("micro_batch_size", "warmup_steps", "weight_decay", "grad_clip",
+                        "sample_top_k", "num_threads", "min_lr", "seed")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be between 0 and 1")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.lr <= 0:
+            raise ConfigError(f"lr={self.lr} must be positive")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
+        if self.sample_temperature <= 0:
+            raise ConfigError(f"sample_temperature={self.sample_temperature} must be positive")
+        if self.dist_timeout_s <= 0:
+            raise ConfigError(f"dist_timeout_s={self.dist_timeout_s} must be positive")
+        _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
+
+    def check_world_size(self, world_size: int) -> None:
+        """Reject a global batch that cannot be split evenly over the ranks and micro-batches."""
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"batch_size={self.batch_size} is not divisible by the world size {world_size}; "
+                f"set batch_size to a multiple of {world_size}")
+        per_rank = self.batch_size // world_size
+        if self.micro_batch_size and per_rank % self.micro_batch_size:
+            raise ConfigError(
+                f"micro_batch_size={self.micro_batch_size} does not divide the per-rank batch "
+                f"{per_rank} (batch_size {self.batch_size} / world size {world_size}); "
+                "pick a divisor or 0")
+
+    def micro_batches(self, world_size: int) -> tuple[int, int]:
+        """(sequences per forward pass, gradient accumulation steps) on one rank."""
+        per_rank = self.batch_size // world_size
+        micro = self.micro_batch_size or per_rank
+        return micro, per_rank // micro
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    # The hyperparameters of the demo this project started from (constant lr, AdamW defaults).
+    "original": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
+        max_steps=5000, lr=3e-4, min_lr=3e-4, lr_schedule="constant", warmup_steps=0,
+        weight_decay=0.01, beta2=0.999, grad_clip=0.0, eval_interval=500, eval_batches=200,
+        log_interval=100, checkpoint_interval=1000),
+    # A small model that trains on two CPU cores in about a minute.
+    "cpu": dict(),
+    # A few seconds on two CPU cores; batch 12 splits over 1, 2, 3 or 4 ranks.
+    "smoke": dict(
+        n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=12, max_steps=40,
+        lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=20, eval_batches=4,
+        log_interval=10, checkpoint_interval=20, sample_chars=200),
+}
+
+_FIELD_TYPES = {field.name: field.type for field in fields(TrainConfig)}
+
+
+def build_config(preset: str, overrides: Mapping[str, str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Preset, then CHARGPT_<KEY> environment variables, then explicit overrides (strings)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    values: dict = dict(PRESETS[preset])
+    environ = os.environ if environ is None else environ
+    for env_name, raw in environ.items():
+        if env_name.startswith(ENV_PREFIX):
+            key = env_name[len(ENV_PREFIX):].lower()
+            values[key] = _parse_value(key, raw, source=f"environment variable {env_name}")
+    for key, raw in (overrides or {}).items():
+        values[key] = _parse_value(key, raw, source=f"--set {key}")
+    return TrainConfig(**values)
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, str]:
+    """Turn ["KEY=VALUE", ...] into a dict, rejecting malformed words."""
+    parsed = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{assignment}' is not KEY=VALUE; write e.g. --set max_steps=100")
+        parsed[key.strip().lower()] = value.strip()
+    return parsed
+
+
+def _parse_value(key: str, raw: str, source: str):
+    if key not in _FIELD_TYPES:
+        raise ConfigError(f"unknown config key '{key}' (from {source}); "
+                          f"valid keys: {', '.join(_FIELD_TYPES)}")
+    kind = _FIELD_TYPES[key]
+    try:
+        if kind == "bool":
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"bad value '{raw}' for {key} (from {source}): expected {kind}") from None
+
+
+def _check_type(name: str, value, kind: str) -> None:
+    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
+    if isinstance(value, bool) and kind != "bool" or not isinstance(value, expected):
+        raise ConfigError(f"{name}={value!r} must be of type {kind}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}='{value}' is not one of: {', '.join(choices)}")

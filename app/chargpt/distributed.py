@@ -1,0 +1,171 @@
+"""Process-group setup from the torchrun environment, and the Gloo network interface choice."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+SIOCGIFCONF = 0x8912
+_IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux
+
+
+class DistributedError(RuntimeError):
+    """The torchrun environment or the network does not allow joining the process group."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def read_env(environ=None) -> DistEnv:
+    """The standard torchrun variables; without WORLD_SIZE this is a single process."""
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in environ:
+        return DistEnv()
+    values = {}
+    for key, name, default in (("rank", "RANK", None), ("local_rank", "LOCAL_RANK", "0"),
+                               ("world_size", "WORLD_SIZE", None),
+                               ("local_world_size", "LOCAL_WORLD_SIZE", "1"),
+                               ("master_port", "MASTER_PORT", "29500")):
+        raw = environ.get(name, default)
+        if raw is None:
+            raise DistributedError(f"{name} is not set although WORLD_SIZE is; launch with torchrun")
+        try:
+            values[key] = int(raw)
+        except ValueError:
+            raise DistributedError(f"{name}='{raw}' is not an integer; launch with torchrun") from None
+    env = DistEnv(master_addr=environ.get("MASTER_ADDR", "127.0.0.1"), **values)
+    if env.world_size < 1 or not 0 <= env.rank < env.world_size:
+        raise DistributedError(f"RANK={env.rank} is not within WORLD_SIZE={env.world_size}")
+    return env
+
+
+def local_ipv4_addresses() -> dict[str, str]:
+    """Every IPv4 address of this host's interfaces, mapped to its interface name."""
+    buffer = array.array("B", b"\0" * _IFREQ_SIZE * 256)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("iL", len(buffer), buffer.buffer_info()[0])
+        length = struct.unpack("iL", fcntl.ioctl(sock.fileno(), SIOCGIFCONF, request))[0]
+    raw = buffer.tobytes()[:length]
+    addresses = {}
+    for offset in range(0, length, _IFREQ_SIZE):
+        name = raw[offset:offset + 16].split(b"\0", 1)[0].decode()
+        address = socket.inet_ntoa(raw[offset + 20:offset + 24])
+        addresses[address] = name.split(":", 1)[0]  # an alias label eth0:1 belongs to eth0
+    return addresses
+
+
+def resolve_ipv4(host: str) -> str:
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except socket.gaierror as error:
+        raise DistributedError(f"MASTER_ADDR '{host}' does not resolve to an IPv4 address ({error}); "
+                               "set MASTER_ADDR to the master's address or name") from None
+
+
+def pick_interface(master_addr: str) -> tuple[str, str]:
+    """(interface, reason): the interface to talk to master_addr over.
+
+    On the master, the interface that holds the address (the kernel would route it over `lo`,
+    which other hosts cannot reach). Elsewhere, the interface of the kernel's route to it.
+    """
+    address = resolve_ipv4(master_addr)
+    local = local_ipv4_addresses()
+    if address in local:
+        return local[address], f"it holds {address}, the address of MASTER_ADDR={master_addr}"
+    # Connecting a UDP socket sends nothing; it makes the kernel choose the route and source address.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((address, 9))
+        except OSError as error:
+            raise DistributedError(f"no route to MASTER_ADDR {master_addr} ({address}): {error}") from None
+        source = sock.getsockname()[0]
+    if source not in local:
+        raise DistributedError(f"the route to MASTER_ADDR {master_addr} uses source address {source}, "
+                               "which no interface holds; set GLOO_SOCKET_IFNAME explicitly")
+    return local[source], f"it routes to {address} (MASTER_ADDR={master_addr}) from {source}"
+
+
+def configure_gloo_interface(env: DistEnv, log) -> None:
+    """Fill in GLOO_SOCKET_IFNAME when it is unset or 'auto'."""
+    if os.environ.get("GLOO_SOCKET_IFNAME", "auto") not in ("", "auto"):
+        log(f"GLOO_SOCKET_IFNAME={os.environ['GLOO_SOCKET_IFNAME']} (set by the environment)")
+        return
+    name, reason = pick_interface(env.master_addr)
+    os.environ["GLOO_SOCKET_IFNAME"] = name
+    log(f"GLOO_SOCKET_IFNAME=auto: using interface {name}: {reason}")
+
+
+def choose_device(preference: str, env: DistEnv) -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DistributedError("device=cuda but CUDA is not available; use device=cpu or auto")
+        torch.cuda.set_device(env.local_rank)
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cpu")
+
+
+def init_process_group(env: DistEnv, device: torch.device, timeout_s: float, log) -> None:
+    """Join the process group: NCCL on CUDA, Gloo on CPU. A single process needs none."""
+    if not env.is_distributed:
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "gloo":
+        configure_gloo_interface(env, log)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s),
+                            device_id=device if backend == "nccl" else None)
+    log(f"process group: backend={backend} world_size={env.world_size} "
+        f"master={env.master_addr}:{env.master_port}")
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= dist.get_world_size()
+    return values
+
+
+def broadcast_object(obj, env: DistEnv):
+    """Rank 0's object on every rank."""
+    if not dist.is_initialized():
+        return obj
+    holder = [obj if env.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(obj, env: DistEnv) -> list | None:
+    """Every rank's object in rank order, on rank 0 only."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * env.world_size if env.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
