@@ -1,0 +1,210 @@
+"""The checks of a deployed cluster, one function each; each raises AssertionError naming the
+host and what is wrong. tests/e2e/test_cluster.py runs them; the lab scenarios re-run them after
+changing the cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+
+from .cluster import (INVENTORY_HOST_LABEL, NODE_RANK_LABEL, WORLD_SIZE_LABEL, Cluster, read_metrics,
+                      world_sizes_logged)
+
+PROBE_PORT = 29650
+PROBE_SERVER = """
+import socket
+server = socket.create_server(("", %d))
+while True:
+    connection, _ = server.accept()
+    connection.sendall(socket.gethostname().encode())
+    connection.close()
+""" % PROBE_PORT
+PROBE_CLIENT = """
+import socket, sys, time
+for target in sys.argv[1:]:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection((target, %d), timeout=5) as connection:
+                print(target, connection.recv(200).decode())
+                break
+        except OSError as error:
+            if time.monotonic() > deadline:
+                sys.exit(f"{target}: {error}")
+            time.sleep(1)
+""" % PROBE_PORT
+
+
+def each_host(cluster: Cluster, check) -> None:
+    """Run check(name) on every host; report every host that fails, not just the first."""
+    failures = []
+    for name in cluster.names:
+        try:
+            check(name)
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
+    assert not failures, "\n".join(failures)
+
+
+# --- Every host ------------------------------------------------------------------------------
+
+def check_docker_service(cluster: Cluster) -> None:
+    def check(name):
+        service = cluster.host(name).service("docker")
+        assert service.is_running, "the docker service is not running"
+        assert service.is_enabled, "the docker service is not enabled"
+    each_host(cluster, check)
+
+
+def check_compose_v2(cluster: Cluster) -> None:
+    def check(name):
+        version = cluster.sh(name, "docker compose version --short").strip()
+        assert re.match(r"v?2\.", version), f"`docker compose` is {version!r}, not Compose v2"
+    each_host(cluster, check)
+
+
+def check_docker_sdk(cluster: Cluster) -> None:
+    def check(name):
+        python = cluster.hostvars(name).get("ansible_python_interpreter", "/usr/bin/python3")
+        version = cluster.sh(name, "%s -c 'import docker; print(docker.__version__)'", python).strip()
+        assert int(version.split(".")[0]) >= 5, f"Docker SDK for Python {version} is too old"
+    each_host(cluster, check)
+
+
+# --- Swarm and overlay -----------------------------------------------------------------------
+
+def check_swarm(cluster: Cluster) -> None:
+    def check(name):
+        state = cluster.sh(name, "docker info --format '{{.Swarm.LocalNodeState}}'").strip()
+        assert state == "active", f"swarm state is {state!r}"
+    each_host(cluster, check)
+
+    manager = cluster.managers[0]
+    ids = cluster.sh(manager, "docker node ls -q").split()
+    nodes = {}
+    for node in cluster.docker_json(manager, "node", "inspect", *ids):
+        host = (node["Spec"].get("Labels") or {}).get(INVENTORY_HOST_LABEL, node["Description"]["Hostname"])
+        nodes[host] = node
+    missing = [name for name in cluster.names if name not in nodes]
+    assert not missing, f"hosts not in the swarm: {missing} (nodes: {sorted(nodes)})"
+    for name in cluster.names:
+        node = nodes[name]
+        want = "manager" if name in cluster.managers else "worker"
+        assert node["Spec"]["Role"] == want, f"{name} is a swarm {node['Spec']['Role']}, expected {want}"
+        assert node["Status"]["State"] == "ready", f"{name}'s swarm node is {node['Status']['State']}"
+        rank = (node["Spec"].get("Labels") or {}).get(NODE_RANK_LABEL)
+        assert rank == str(cluster.rank(name)), (
+            f"{name}'s node label {NODE_RANK_LABEL} is {rank!r}, expected {cluster.rank(name)}")
+
+
+def check_overlay_network(cluster: Cluster) -> None:
+    network_name = cluster.setting("overlay_network_name")
+    [network] = cluster.docker_json(cluster.managers[0], "network", "inspect", network_name)
+    assert network["Driver"] == "overlay", f"{network_name} has driver {network['Driver']}"
+    assert network["Scope"] == "swarm", f"{network_name} has scope {network['Scope']}"
+    assert network["Attachable"] is True, f"{network_name} is not attachable"
+
+
+def check_overlay_reaches_across_hosts(cluster: Cluster) -> None:
+    """A container of the trainer image on every host answers one on every other host."""
+    network = cluster.setting("overlay_network_name")
+    image = cluster.rank0_container().raw["Config"]["Image"]
+    probes = {name: f"chargpt-e2e-probe-{name}" for name in cluster.names}
+    try:
+        for name, probe in probes.items():
+            cluster.sh(name, "docker rm -f %s >/dev/null 2>&1; docker run -d --rm --name %s --hostname %s "
+                       "--network %s --user 10001:10001 --entrypoint python3 %s -c %s",
+                       probe, probe, probe, network, image, PROBE_SERVER)
+        for name in cluster.names:
+            others = [probe for other, probe in probes.items() if other != name]
+            answers = cluster.sh(name, "docker run --rm --network %s --user 10001:10001 --entrypoint python3 %s -c %s "
+                                 + " ".join(map(shlex.quote, others)), network, image, PROBE_CLIENT)
+            for probe in others:
+                assert f"{probe} {probe}" in answers, f"{name} did not reach {probe} over {network}: {answers}"
+    finally:
+        for name, probe in probes.items():
+            cluster.host(name).run("docker rm -f %s", probe)
+
+
+# --- The trainers and their run ----------------------------------------------------------------
+
+def check_trainers_share_one_image(cluster: Cluster) -> None:
+    images = {name: cluster.trainer_container(name).raw["Image"] for name in cluster.names}
+    assert len(set(images.values())) == 1, f"trainer containers run different images: {images}"
+
+
+def check_trainers_run_as_non_root(cluster: Cluster) -> None:
+    def check(name):
+        container = cluster.trainer_container(name)
+        user = container.raw["Config"]["User"]
+        assert user and user.split(":")[0] not in ("0", "root"), f"{container.name} runs as user {user!r}"
+    each_host(cluster, check)
+
+
+def check_trainers_publish_no_ports(cluster: Cluster) -> None:
+    def check(name):
+        container = cluster.trainer_container(name)
+        host_config = container.raw["HostConfig"]
+        assert not host_config.get("PortBindings"), f"{container.name} publishes {host_config['PortBindings']}"
+        assert not host_config.get("PublishAllPorts"), f"{container.name} publishes all ports"
+        assert host_config.get("NetworkMode") != "host", f"{container.name} uses the host's network"
+    each_host(cluster, check)
+
+
+def check_trainers_exited_zero(cluster: Cluster) -> None:
+    def check(name):
+        container = cluster.trainer_container(name)
+        state = container.raw["State"]
+        assert state["Status"] == "exited" and state["ExitCode"] == 0, (
+            f"{container.name} is {state['Status']} with exit code {state['ExitCode']}; its log ends:\n"
+            + "\n".join(cluster.logs(name, container.name).splitlines()[-15:]))
+    each_host(cluster, check)
+
+
+def check_world_size(cluster: Cluster) -> None:
+    def check(name):
+        label = cluster.trainer_container(name).labels.get(WORLD_SIZE_LABEL)
+        assert label == str(cluster.world_size), f"world-size label {label!r}, expected {cluster.world_size}"
+    each_host(cluster, check)
+    rank0 = cluster.rank0_container()
+    logged = world_sizes_logged(cluster.logs(rank0.host, rank0.name))
+    assert logged, f"{rank0.name}'s log has no world_size=N line"
+    assert set(logged) == {cluster.world_size}, (
+        f"{rank0.name} logged world_size={logged}, the inventory has {len(cluster)} hosts "
+        f"x {cluster.setting('trainer_nproc_per_node')} processes")
+
+
+def check_rank0_outputs_on_master(cluster: Cluster) -> None:
+    run_dir = cluster.run_dir_on_master()
+    master = cluster.host(cluster.names[0])
+    for artifact in ("model.pt", "sample.txt", "metrics.jsonl", "summary.json"):
+        file = master.file(f"{run_dir}/{artifact}")
+        assert file.is_file and file.size > 0, f"{cluster.names[0]}:{run_dir}/{artifact} is missing or empty"
+
+
+def check_artifacts_fetched(cluster: Cluster, artifacts_dir) -> None:
+    run_id = cluster.run_id()
+    local = artifacts_dir / run_id
+    for artifact in ("model.pt", "sample.txt", "loss.png", "metrics.jsonl", "summary.json"):
+        assert (local / artifact).is_file() and (local / artifact).stat().st_size > 0, (
+            f"{local / artifact} is missing or empty: site.yml with trainer_wait=true fetches it")
+    remote = cluster.host(cluster.names[0]).file(f"{cluster.run_dir_on_master()}/sample.txt").content
+    assert hashlib.sha256(remote).digest() == hashlib.sha256((local / "sample.txt").read_bytes()).digest(), (
+        f"{local / 'sample.txt'} differs from the master's")
+
+
+def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
+    metrics = read_metrics(artifacts_dir / cluster.run_id() / "metrics.jsonl")
+    train = [m["train_loss"] for m in metrics if m.get("train_loss") is not None]
+    val = [m["val_loss"] for m in metrics if m.get("val_loss") is not None]
+    assert len(train) >= 2 and len(val) >= 2, f"too few metrics to see a trend: {metrics}"
+    assert train[-1] < train[0], f"train loss did not fall: {train}"
+    assert val[-1] < val[0], f"validation loss did not fall: {val}"
+
+
+CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_swarm, check_overlay_network,
+          check_overlay_reaches_across_hosts, check_trainers_share_one_image, check_trainers_run_as_non_root,
+          check_trainers_publish_no_ports, check_trainers_exited_zero, check_world_size,
+          check_rank0_outputs_on_master]
+ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]

@@ -1,0 +1,128 @@
+"""A deployed cluster as the checks see it: the Ansible inventory, a testinfra host per
+inventory host, and the Docker objects the roles create on them (read-only helpers)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from testinfra.utils.ansible_runner import AnsibleRunner, itergroup
+
+# What the roles put on the Docker objects they create (templates/compose.yml.j2, roles/swarm).
+RUN_ID_LABEL = "org.chargpt.run-id"
+NODE_RANK_LABEL = "org.chargpt.node-rank"
+WORLD_SIZE_LABEL = "org.chargpt.world-size"
+INVENTORY_HOST_LABEL = "org.chargpt.inventory-host"
+# Role defaults the checks need when the inventory does not override them.
+DEFAULTS = {
+    "overlay_network_name": "pytorch-dist-overlay-net",
+    "trainer_nproc_per_node": 1,
+}
+
+
+@dataclass(frozen=True)
+class Container:
+    """One `docker inspect` result, with the fields the checks read."""
+
+    host: str
+    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.raw["Name"].lstrip("/")
+
+    @property
+    def labels(self) -> dict:
+        return self.raw["Config"].get("Labels") or {}
+
+    @property
+    def env(self) -> dict:
+        return dict(item.split("=", 1) for item in self.raw["Config"].get("Env") or [])
+
+
+class Cluster:
+    """The hosts of an inventory's `cluster` group, in node-rank order."""
+
+    def __init__(self, inventory: str | Path):
+        self.inventory = Path(inventory).resolve()
+        self.runner = AnsibleRunner(str(self.inventory))
+        groups = self.runner.inventory
+        masters = list(dict.fromkeys(itergroup(groups, "master")))
+        assert len(masters) == 1, f"{self.inventory}: the group 'master' must hold exactly one host, has {masters}"
+        self.master = masters[0]
+        self.workers = [h for h in dict.fromkeys(itergroup(groups, "workers")) if h != self.master]
+        self.managers = list(dict.fromkeys(itergroup(groups, "managers")))
+        self.names = sorted([self.master, *self.workers], key=self.rank)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def hostvars(self, name: str) -> dict:
+        return self.runner.get_variables(name)
+
+    def setting(self, key: str, name: str | None = None):
+        """An inventory variable of a host (the master by default), else the role default."""
+        return self.hostvars(name or self.master).get(key, DEFAULTS.get(key))
+
+    def rank(self, name: str) -> int:
+        explicit = self.runner.get_variables(name).get("trainer_node_rank")
+        if explicit is not None:
+            return int(explicit)
+        return [self.master, *self.workers].index(name)
+
+    @property
+    def world_size(self) -> int:
+        return len(self) * int(self.setting("trainer_nproc_per_node"))
+
+    @functools.cache
+    def host(self, name: str):
+        return self.runner.get_host(name)
+
+    def sh(self, name: str, command: str, *args) -> str:
+        """Run a command on a host; fail with its output when it does not succeed."""
+        result = self.host(name).run(command, *args)
+        assert result.rc == 0, f"{name}: `{result.command}` exited {result.rc}: {result.stderr or result.stdout}"
+        return result.stdout
+
+    def docker_json(self, name: str, *args) -> list:
+        return json.loads(self.sh(name, "docker " + " ".join(["%s"] * len(args)), *args))
+
+    def trainer_containers(self, name: str) -> list[Container]:
+        ids = self.sh(name, "docker ps -a -q --no-trunc --filter %s", f"label={RUN_ID_LABEL}").split()
+        return [Container(name, raw) for raw in self.docker_json(name, "inspect", *ids)] if ids else []
+
+    def trainer_container(self, name: str) -> Container:
+        containers = self.trainer_containers(name)
+        assert len(containers) == 1, (
+            f"{name}: expected one trainer container (label {RUN_ID_LABEL}), found "
+            f"{[c.name for c in containers]}")
+        return containers[0]
+
+    def rank0_container(self) -> Container:
+        return self.trainer_container(self.names[0])
+
+    def run_id(self) -> str:
+        return self.rank0_container().labels[RUN_ID_LABEL]
+
+    def run_dir_on_master(self) -> str:
+        """The host path of the master's run directory (the bind mount behind RUN_ROOT)."""
+        container = self.rank0_container()
+        run_root = container.env.get("RUN_ROOT", "/runs")
+        sources = [m["Source"] for m in container.raw["Mounts"] if m["Destination"] == run_root]
+        assert sources, f"{container.name}: nothing is mounted at its RUN_ROOT {run_root}"
+        return f"{sources[0]}/{container.labels[RUN_ID_LABEL]}"
+
+    def logs(self, name: str, container: str) -> str:
+        result = self.host(name).run("docker logs %s 2>&1", container)
+        return result.stdout
+
+
+def world_sizes_logged(log: str) -> list[int]:
+    return [int(value) for value in re.findall(r"world_size=(\d+)", log)]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,71 @@
+"""Scenarios that change the lab, in order: a second run changes nothing, a check run reports
+nothing, a third host joins and the run resumes at world size 3, teardown leaves nothing behind.
+They run after test_cluster.py (same session lab) and only against the lab, never --inventory."""
+
+from __future__ import annotations
+
+import json
+
+from .checks import ARTIFACT_CHECKS, CHECKS
+from .cluster import RUN_ID_LABEL, Cluster
+from .conftest import RUN_ID, assert_succeeded
+
+
+def rank0_started_at(cluster: Cluster) -> str:
+    return cluster.rank0_container().raw["State"]["StartedAt"]
+
+
+def assert_nothing_changed(run) -> None:
+    assert_succeeded(run)
+    assert run.recap, f"no PLAY RECAP in {run.log}"
+    changed = {host: counts["changed"] for host, counts in run.recap.items() if counts["changed"]}
+    assert not changed, f"changed={changed}; tasks that changed: {run.changed_tasks()} (log {run.log})"
+
+
+def test_second_run_changes_nothing(lab):
+    cluster = Cluster(lab.inventory)
+    started_at = rank0_started_at(cluster)
+    assert_nothing_changed(lab.playbook(log_name="site-second-run"))
+    assert rank0_started_at(cluster) == started_at, "the second run restarted the finished trainer"
+
+
+def test_check_mode_reports_no_change(lab):
+    assert_nothing_changed(lab.playbook("site.yml", "--check", "--diff", log_name="site-check-diff"))
+
+
+def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
+    summary_file = artifacts_dir / RUN_ID / "summary.json"
+    before = json.loads(summary_file.read_text())
+    assert before["world_size"] == 2, f"the first run's summary: {before}"
+
+    lab.command("add")
+    assert_succeeded(lab.playbook(log_name="site-third-host"))
+
+    cluster = Cluster(lab.inventory)
+    assert len(cluster) == 3, f"{lab.inventory} has {cluster.names} after `lab/lab add`"
+    for check in CHECKS:
+        check(cluster)
+    for check in ARTIFACT_CHECKS:
+        check(cluster, artifacts_dir)
+    after = json.loads(summary_file.read_text())
+    assert after["world_size"] == 3, f"summary after adding a host: {after}"
+    assert after["resumed_from_step"] == before["final_step"], (
+        f"the run did not resume from its last checkpoint (step {before['final_step']}): {after}")
+    rank0 = cluster.rank0_container()
+    assert f"resumed from step {before['final_step']}" in cluster.logs(rank0.host, rank0.name), (
+        f"{rank0.name}'s log does not say 'resumed from step {before['final_step']}'")
+
+
+def test_teardown_leaves_no_trainer_or_network(lab, artifacts_dir):
+    cluster = Cluster(lab.inventory)
+    network = cluster.setting("overlay_network_name")
+    assert_succeeded(lab.playbook("playbooks/teardown.yml", log_name="teardown"))
+    for name in cluster.names:
+        leftovers = cluster.sh(name, "docker ps -a --format '{{.Names}}' --filter %s", f"label={RUN_ID_LABEL}").split()
+        leftovers += cluster.sh(name, "docker ps -a --format '{{.Names}}' --filter %s",
+                                "label=com.docker.compose.project").split()
+        leftovers += cluster.sh(name, "docker ps -a --format '{{.Names}}' --filter %s", "label=org.chargpt.role").split()
+        assert not leftovers, f"{name}: containers left after teardown: {sorted(set(leftovers))}"
+        networks = cluster.sh(name, "docker network ls --format '{{.Name}}'").split()
+        assert network not in networks, f"{name}: network {network} left after teardown"
+    assert (artifacts_dir / RUN_ID / "model.pt").is_file(), "teardown removed the fetched artifacts"
