@@ -7,12 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import distributed
-from .config import PRESETS, ConfigError, build_config, parse_assignments
-from .data import CorpusError, load_corpus
+from .config import PRESETS, ConfigError
+from .data import CorpusError
 from .distributed import DistributedError
 from .sample import SampleError, generate_text
-from .train import Resume, ResumeError, find_resume_state, log, run
+from .train import ResumeError, train
 
 EXIT_BAD_INPUT = 2
 
@@ -39,19 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    env = distributed.read_env()
-    config = build_config(args.preset, parse_assignments(args.set))
-    config.check_world_size(env.world_size)
-    corpus = load_corpus(args.data, config.block_size, config.val_fraction)
-    # Only rank 0's host has the run directory; it checks it before anyone joins the group.
-    resume = find_resume_state(args.run_dir, config, corpus.tokenizer) if env.is_main else Resume(None)
-    device = distributed.choose_device(config.device, env)
-    distributed.init_process_group(env, device, config.dist_timeout_s,
-                                   log=log if env.local_rank == 0 else (lambda message: None))
-    try:
-        run(config, corpus, args.run_dir, env, resume, device)
-    finally:
-        distributed.shutdown()
+    train(args.data, args.preset, args.run_dir, args.set)
     return 0
 
 

@@ -26,10 +26,17 @@ def load_model(state: dict, device: torch.device) -> tuple[GPT, CharTokenizer]:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl, oldest first."""
     if not Path(path).exists():
         return []
+    records = []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # the last line of a run killed while writing it
+                continue
+    return records
 
 
 def plot_losses(metrics_path: Path, image_path: Path) -> None:

@@ -14,8 +14,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, distributed
-from .config import TrainConfig
-from .data import CharTokenizer, Corpus, sample_batch
+from .config import TrainConfig, build_config, parse_assignments
+from .data import CharTokenizer, Corpus, load_corpus, sample_batch
 from .distributed import DistEnv
 from .model import GPT, GPTConfig
 from .outputs import plot_losses, read_metrics, write_final_model
@@ -303,3 +303,20 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, tokenizer: CharTokeni
     checkpoint.atomic_write_json(run_dir / "summary.json", summary)
     log(f"done: final val loss {val_loss if val_loss is None else round(val_loss, 4)}; outputs in {run_dir}")
 
+
+
+def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT:
+    """Check every input, then join the process group and train. Returns this rank's model."""
+    env = distributed.read_env()
+    config = build_config(preset, parse_assignments(assignments))
+    config.check_world_size(env.world_size)
+    corpus = load_corpus(data, config.block_size, config.val_fraction)
+    # Only rank 0's host has the run directory; it checks it before anyone joins the group.
+    resume = find_resume_state(Path(run_dir), config, corpus.tokenizer) if env.is_main else Resume(None)
+    device = distributed.choose_device(config.device, env)
+    distributed.init_process_group(env, device, config.dist_timeout_s,
+                                   log=log if env.local_rank == 0 else (lambda message: None))
+    try:
+        return run(config, corpus, Path(run_dir), env, resume, device)
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,59 @@
+"""Shared helpers for the trainer tests: the corpus, free ports, running the CLI and torchrun."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = REPO_ROOT / "app"
+SHAKESPEARE = (REPO_ROOT / ".." / "shared" / "data" / "tinyshakespeare.txt").resolve()
+
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+
+@pytest.fixture(scope="session")
+def corpus_path(tmp_path_factory) -> Path:
+    """The first 200,000 characters of tiny-shakespeare (enough for every preset the tests use)."""
+    if not SHAKESPEARE.is_file():
+        pytest.fail(f"the corpus {SHAKESPEARE} is missing; the tests need it")
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-200k.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a trainer subprocess: chargpt importable, no stray overrides."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("CHARGPT_") and key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_DIR), env.get("PYTHONPATH")]))
+    env["MPLCONFIGDIR"] = env.get("MPLCONFIGDIR", "/tmp/matplotlib-tests")
+    env.update(extra)
+    return env
+
+
+def chargpt_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "chargpt", *args]
+
+
+def torchrun_command(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+            "--nnodes=1", "--master-addr=127.0.0.1", f"--master-port={free_port()}",
+            "-m", "chargpt", *args]
+
+
+def run_process(command: list[str], timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, env=child_env(**extra_env), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT)

@@ -1,0 +1,67 @@
+import os
+
+import pytest
+import torch
+
+from chargpt import checkpoint
+
+
+def state(step: int) -> dict:
+    return {"model": {"w": torch.full((3,), float(step))}, "optimizer": {}, "step": step,
+            "config": {}, "model_args": {}, "vocab": ["a"], "rng": []}
+
+
+def test_keeps_the_last_k_and_leaves_no_temp_files(tmp_path):
+    for step in (10, 20, 30, 40):
+        checkpoint.save_checkpoint(tmp_path, step, state(step), keep=2)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-00000030.pt", "ckpt-00000040.pt"]
+    loaded = checkpoint.load_latest_checkpoint(tmp_path, warn=pytest.fail)
+    assert loaded["step"] == 40 and torch.equal(loaded["model"]["w"], torch.full((3,), 40.0))
+
+
+def test_torn_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    for step in (10, 20):
+        checkpoint.save_checkpoint(tmp_path, step, state(step), keep=3)
+    newest = checkpoint.checkpoint_path(tmp_path, 20)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # torn in the middle
+    checkpoint.checkpoint_path(tmp_path, 30).write_bytes(b"")  # and an empty one after it
+    warnings = []
+    loaded = checkpoint.load_latest_checkpoint(tmp_path, warn=warnings.append)
+    assert loaded["step"] == 10
+    assert len(warnings) == 2 and "ckpt-00000030.pt is unreadable" in warnings[0]
+
+
+def test_a_checkpoint_without_required_keys_is_skipped(tmp_path):
+    checkpoint.save_checkpoint(tmp_path, 10, state(10), keep=3)
+    checkpoint.atomic_save_torch(checkpoint.checkpoint_path(tmp_path, 20), {"step": 20})
+    warnings = []
+    assert checkpoint.load_latest_checkpoint(tmp_path, warn=warnings.append)["step"] == 10
+    assert "missing model" in warnings[0]
+
+
+def test_no_checkpoint_means_a_fresh_start(tmp_path):
+    assert checkpoint.load_latest_checkpoint(tmp_path / "absent", warn=pytest.fail) is None
+
+
+def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "model.pt"
+    checkpoint.atomic_write_bytes(target, b"old")
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / ".ckpt-00000010.pt.123.tmp").write_bytes(b"partial")
+    (folder / "ckpt-00000010.pt").write_bytes(b"keep")
+    checkpoint.remove_stale_temp_files(tmp_path)
+    assert os.listdir(folder) == ["ckpt-00000010.pt"]

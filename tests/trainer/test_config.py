@@ -1,0 +1,81 @@
+import pytest
+
+from chargpt.config import PRESETS, ConfigError, TrainConfig, build_config, parse_assignments
+
+
+def test_presets_hold_the_documented_values():
+    original = build_config("original", environ={})
+    assert (original.batch_size, original.block_size, original.n_embd, original.n_head,
+            original.n_layer, original.dropout, original.lr, original.max_steps,
+            original.eval_interval) == (64, 256, 384, 6, 6, 0.2, 3e-4, 5000, 500)
+    cpu = build_config("cpu", environ={})
+    assert (cpu.n_layer, cpu.n_head, cpu.n_embd, cpu.block_size, cpu.batch_size, cpu.dropout,
+            cpu.lr, cpu.lr_schedule, cpu.max_steps) == (4, 4, 128, 64, 12, 0.0, 1e-3, "cosine", 2000)
+    assert cpu.warmup_steps > 0
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_smoke_preset_splits_over_one_to_four_ranks(world_size):
+    build_config("smoke", environ={}).check_world_size(world_size)
+
+
+def test_precedence_is_set_then_environment_then_preset():
+    environ = {"CHARGPT_MAX_STEPS": "7", "CHARGPT_LR": "0.002", "OTHER": "x"}
+    config = build_config("smoke", {"max_steps": "9"}, environ=environ)
+    assert config.max_steps == 9
+    assert config.lr == 0.002
+    assert config.n_embd == PRESETS["smoke"]["n_embd"]
+
+
+def test_values_are_parsed_by_type():
+    config = build_config("cpu", {"compile": "true", "dropout": "0.1", "device": "cpu"}, environ={})
+    assert config.compile is True and config.dropout == 0.1 and config.device == "cpu"
+
+
+@pytest.mark.parametrize("preset, overrides, environ, message", [
+    ("huge", {}, {}, "unknown preset 'huge'"),
+    ("cpu", {"n_layers": "3"}, {}, "unknown config key 'n_layers' (from --set n_layers)"),
+    ("cpu", {}, {"CHARGPT_LEARNING_RATE": "1"}, "unknown config key 'learning_rate' (from environment variable CHARGPT_LEARNING_RATE)"),
+    ("cpu", {"max_steps": "many"}, {}, "bad value 'many' for max_steps"),
+    ("cpu", {"max_steps": "1.5"}, {}, "bad value '1.5' for max_steps"),
+    ("cpu", {"compile": "maybe"}, {}, "bad value 'maybe' for compile"),
+    ("cpu", {"max_steps": "0"}, {}, "max_steps=0 must be at least 1"),
+    ("cpu", {"lr": "-1"}, {}, "lr=-1.0 must be positive"),
+    ("cpu", {"n_head": "3"}, {}, "n_embd=128 must be divisible by n_head=3"),
+    ("cpu", {"dropout": "1.5"}, {}, "dropout=1.5 must be in [0, 1)"),
+    ("cpu", {"val_fraction": "0"}, {}, "val_fraction=0.0 must be between 0 and 1"),
+    ("cpu", {"device": "tpu"}, {}, "device='tpu' is not one of"),
+    ("cpu", {"lr_schedule": "linear"}, {}, "lr_schedule='linear' is not one of"),
+    ("cpu", {"min_lr": "0.5"}, {}, "min_lr=0.5 must not exceed lr"),
+    ("cpu", {"dist_timeout_s": "0"}, {}, "dist_timeout_s=0.0 must be positive"),
+    ("cpu", {"warmup_steps": "-2"}, {}, "warmup_steps=-2 must not be negative"),
+])
+def test_bad_input_names_the_key(preset, overrides, environ, message):
+    with pytest.raises(ConfigError) as caught:
+        build_config(preset, overrides, environ=environ)
+    assert message in str(caught.value)
+
+
+def test_malformed_override_word():
+    with pytest.raises(ConfigError, match="'max_steps' is not KEY=VALUE"):
+        parse_assignments(["max_steps"])
+    assert parse_assignments(["LR=0.1", "seed=3"]) == {"lr": "0.1", "seed": "3"}
+
+
+def test_wrong_python_type_is_rejected():
+    with pytest.raises(ConfigError, match="n_layer='4' must be of type int"):
+        TrainConfig(n_layer="4")
+    with pytest.raises(ConfigError, match="compile=1 must be of type bool"):
+        TrainConfig(compile=1)
+
+
+def test_batch_must_split_over_the_world():
+    config = build_config("cpu", environ={})
+    with pytest.raises(ConfigError, match="batch_size=12 is not divisible by the world size 5"):
+        config.check_world_size(5)
+    config = build_config("cpu", {"micro_batch_size": "4"}, environ={})
+    config.check_world_size(3)
+    assert config.micro_batches(3) == (4, 1)
+    assert config.micro_batches(1) == (4, 3)
+    with pytest.raises(ConfigError, match="micro_batch_size=4 does not divide the per-rank batch 6"):
+        config.check_world_size(2)

@@ -1,0 +1,61 @@
+"""Reading the torchrun environment and choosing the Gloo interface (no traffic is sent)."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from chargpt.distributed import DistributedError, local_ipv4_addresses, pick_interface, read_env
+
+
+def test_single_process_without_torchrun_variables():
+    env = read_env({})
+    assert (env.rank, env.world_size, env.is_distributed, env.is_main) == (0, 1, False, True)
+
+
+def test_reads_the_torchrun_environment():
+    env = read_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
+                    "MASTER_ADDR": "node1", "MASTER_PORT": "29501"})
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size, env.master_addr,
+            env.master_port) == (3, 1, 4, 2, "node1", 29501)
+    assert not env.is_main
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "two"}, "RANK='two' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not within WORLD_SIZE=2"),
+])
+def test_bad_torchrun_environment(environ, message):
+    with pytest.raises(DistributedError, match=message):
+        read_env(environ)
+
+
+def test_loopback_master_uses_the_interface_holding_127_0_0_1():
+    name, reason = pick_interface("127.0.0.1")
+    assert name == "lo"
+    assert "holds 127.0.0.1" in reason
+
+
+def test_master_uses_the_interface_holding_its_own_address_not_lo():
+    """`ip route get <own address>` answers lo; the interface that holds it is the right one."""
+    own = {address: name for address, name in local_ipv4_addresses().items() if name != "lo"}
+    if not own:
+        pytest.skip("this host has no IPv4 address outside loopback")
+    address, holder = next(iter(own.items()))
+    assert pick_interface(address)[0] == holder
+
+
+def test_worker_uses_the_interface_of_the_route_to_the_master():
+    if not shutil.which("ip"):
+        pytest.skip("the ip command is not installed")
+    target = "198.51.100.7"  # TEST-NET-2: a route lookup only, nothing is sent
+    route = subprocess.run(["ip", "-o", "-4", "route", "get", target], capture_output=True, text=True)
+    if route.returncode != 0:
+        pytest.skip(f"no route to {target} on this host")
+    words = route.stdout.split()
+    expected = words[words.index("dev") + 1]
+    name, reason = pick_interface(target)
+    assert name == expected
+    assert "routes to 198.51.100.7" in reason
+

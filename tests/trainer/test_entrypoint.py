@@ -1,0 +1,70 @@
+"""The image's entrypoint script, run with stand-ins for torchrun and chargpt that print their arguments."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import APP_DIR
+
+ENTRYPOINT = APP_DIR / "entrypoint.sh"
+IMAGE_DEFAULTS = {"NNODES": "1", "NPROC_PER_NODE": "1", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                  "MASTER_PORT": "29500", "RUN_ID": "default", "TRAIN_PRESET": "cpu",
+                  "TRAIN_OVERRIDES": "", "TRAIN_DATA": "/data/input.txt", "RUN_ROOT": "/runs",
+                  "TORCHRUN_MAX_RESTARTS": "0"}
+
+
+@pytest.fixture
+def fake_bin(tmp_path):
+    for name in ("torchrun", "chargpt"):
+        script = tmp_path / name
+        script.write_text(f'#!/bin/sh\necho {name}\nfor arg in "$@"; do echo "$arg"; done\n')
+        script.chmod(0o755)
+    return tmp_path
+
+
+def entrypoint(fake_bin, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {"PATH": f"{fake_bin}:{os.environ['PATH']}", **IMAGE_DEFAULTS, **env}
+    return subprocess.run(["sh", str(ENTRYPOINT), *args], env=environ, capture_output=True, text=True)
+
+
+def test_train_launches_torchrun_with_the_environment(fake_bin):
+    result = entrypoint(fake_bin, NNODES="2", NPROC_PER_NODE="3", NODE_RANK="1", WORLD_SIZE="6",
+                        MASTER_ADDR="trainer-master", MASTER_PORT="29511", RUN_ID="r1",
+                        TRAIN_PRESET="smoke", TRAIN_OVERRIDES="max_steps=10  lr=0.01 eval_interval=*",
+                        TORCHRUN_MAX_RESTARTS="3")
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.splitlines()
+    assert words[words.index("torchrun"):] == [
+        "torchrun", "--nnodes=2", "--nproc-per-node=3", "--node-rank=1", "--master-addr=trainer-master",
+        "--master-port=29511", "--max-restarts=3", "-m", "chargpt", "train",
+        "--data", "/data/input.txt", "--run-dir", "/runs/r1", "--preset", "smoke",
+        "--set", "max_steps=10", "--set", "lr=0.01", "--set", "eval_interval=*"]
+
+
+def test_train_is_the_default_command(fake_bin):
+    result = entrypoint(fake_bin)
+    assert result.returncode == 0, result.stderr
+    assert "--nnodes=1" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"NNODES": "2", "NPROC_PER_NODE": "2", "WORLD_SIZE": "3"},
+     "WORLD_SIZE=3 disagrees with NNODES*NPROC_PER_NODE=2*2=4"),
+    ({"NNODES": "two"}, "NNODES='two' must be a non-negative integer"),
+    ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 must be below NNODES=2"),
+    ({"MASTER_ADDR": ""}, "MASTER_ADDR is empty"),
+])
+def test_inconsistent_settings_fail_before_torchrun(fake_bin, env, message):
+    result = entrypoint(fake_bin, **env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "torchrun" not in result.stdout
+
+
+def test_sample_runs_chargpt_sample(fake_bin):
+    result = entrypoint(fake_bin, "sample", "--run-dir", "/runs/r1", "--prompt", "To be")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["chargpt", "sample", "--run-dir", "/runs/r1", "--prompt", "To be"]

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chargpt.model import GPT, GPTConfig
+
+
+def small_model(**overrides) -> GPT:
+    args = dict(vocab_size=11, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
+    args.update(overrides)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**args)).eval()
+
+
+def test_forward_shapes_and_loss():
+    model = small_model()
+    idx = torch.randint(11, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 11)
+    assert loss.shape == ()
+    # An untrained model is close to uniform over the vocabulary.
+    assert abs(loss.item() - math.log(11)) < 0.5
+    logits, loss = model(idx[:, :5])
+    assert logits.shape == (3, 5, 11) and loss is None
+
+
+def test_rejects_sequences_longer_than_the_context():
+    with pytest.raises(ValueError, match="block_size"):
+        small_model()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_attention_is_causal():
+    model = small_model()
+    idx = torch.randint(11, (2, 12))
+    changed = idx.clone()
+    changed[:, 8:] = (changed[:, 8:] + 1) % 11
+    before, _ = model(idx)
+    after, _ = model(changed)
+    assert torch.allclose(before[:, :8], after[:, :8], atol=1e-6)
+    assert not torch.allclose(before[:, 8:], after[:, 8:])
+
+
+def test_fused_attention_matches_per_head_attention():
+    model = small_model()
+    attention = model.blocks[0].attn
+    x = torch.randn(2, 10, 32)
+    q, k, v = attention.qkv(x).split(32, dim=2)
+    heads = []
+    mask = torch.tril(torch.ones(10, 10, dtype=torch.bool))
+    for head in range(4):
+        part = slice(8 * head, 8 * (head + 1))
+        scores = q[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(8)
+        heads.append(F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v[..., part])
+    expected = attention.proj(torch.cat(heads, dim=-1))
+    assert torch.allclose(attention(x), expected, atol=1e-5)
+
+
+def test_generate_appends_tokens_and_crops_context():
+    model = small_model()
+    out = model.generate(torch.zeros(1, 3, dtype=torch.long), 20, temperature=0.8, top_k=3,
+                         generator=torch.Generator().manual_seed(1))
+    assert out.shape == (1, 23)
+    assert int(out.max()) < 11
+
+
+def test_top_k_one_is_greedy():
+    model = small_model()
+    context = torch.tensor([[1, 2, 3]])
+    out = model.generate(context, 1, top_k=1, generator=torch.Generator().manual_seed(5))
+    logits, _ = model(context)
+    assert out[0, -1].item() == logits[0, -1].argmax().item()
+
+
+def test_lm_head_shares_the_token_embedding():
+    model = small_model()
+    assert model.lm_head.weight is model.token_embedding.weight
