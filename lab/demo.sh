@@ -20,7 +20,7 @@ inventory="$(LAB_NAME="$lab" lab/lab up --hosts "$hosts")"
 inventory_dir="$(dirname "$inventory")"
 
 ansible-playbook site.yml -i "$inventory_dir" \
-    -e trainer_preset="$preset" -e trainer_run_id="$run_id" -e trainer_wait=true
+    -e "{\"trainer_preset\": \"$preset\", \"trainer_run_id\": \"$run_id\", \"trainer_wait\": true}"
 
 artifacts="$PWD/artifacts/$run_id"
 for file in model.pt sample.txt loss.png; do

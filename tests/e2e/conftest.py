@@ -3,6 +3,7 @@ session, or, with `--inventory PATH`, a cluster of the user's that is already de
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,8 @@ LAB_NAME = os.environ.get("E2E_LAB_NAME", "e2e")
 KEEP_LAB = os.environ.get("E2E_KEEP_LAB") == "1"
 RUN_ID = "e2e-smoke"
 # The same variables on every run, so that a second run has nothing to change.
-PLAYBOOK_VARS = ["-e", "trainer_preset=smoke", "-e", f"trainer_run_id={RUN_ID}", "-e", "trainer_wait=true"]
+# (JSON, so that trainer_wait is a boolean: the roles refuse strings posing as booleans.)
+PLAYBOOK_VARS = ["-e", json.dumps({"trainer_preset": "smoke", "trainer_run_id": RUN_ID, "trainer_wait": True})]
 LOG_DIR = REPO / "artifacts" / "e2e-logs"
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 TIMINGS: dict[str, float] = {}

@@ -1,8 +1,8 @@
 """Read-only checks of a cluster that site.yml deployed and whose run finished.
 
 Against the lab these run inside `pytest tests` (the fixtures bring the lab up and run site.yml
-with `trainer_wait=true`). Against your own cluster, after `ansible-playbook site.yml -e
-trainer_wait=true -i inventory/mine`:
+with trainer_wait). Against your own cluster, after
+`ansible-playbook site.yml -i inventory/mine -e '{"trainer_wait": true}'`:
 
     pytest tests/e2e/test_cluster.py --inventory inventory/mine
 
