@@ -1,0 +1,130 @@
+"""The per-host compose files, rendered by the trainer role for 1-, 2- and 3-host inventories:
+right rank, world size, master address and interface, and nothing else differs between hosts."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .helpers import local_inventory, output, run_playbook
+
+# What may differ between two hosts' files: the node rank (and the names and labels built from
+# it), the master alias (on rank 0 only) and the interface.
+PER_HOST_ENV = {"NODE_RANK", "GLOO_SOCKET_IFNAME"}
+
+
+def render(tmp_path: Path, master, workers, host_vars=None, group_vars=None) -> dict[str, dict]:
+    out = tmp_path / "compose"
+    host_vars = copy.deepcopy(host_vars or {})
+    for name in master + workers:
+        host_vars.setdefault(name, {})["trainer_compose_dir"] = str(out / name)
+    group_vars = {"trainer_image_ref": "chargpt-trainer:0123456789ab", **(group_vars or {})}
+    inventory = local_inventory(tmp_path / "hosts.yml", master, workers, host_vars=host_vars,
+                                group_vars=group_vars)
+    result = run_playbook("tests/ansible/render_compose.yml", inventory)
+    assert result.returncode == 0, output(result)
+    files = {name: yaml.safe_load((out / name / "compose.yml").read_text()) for name in master + workers}
+    for name in files:
+        assert (out / name / "compose.yml").stat().st_mode & 0o777 == 0o644
+    return files
+
+
+def without_per_host_values(compose: dict) -> dict:
+    compose = copy.deepcopy(compose)
+    service = compose["services"]["trainer"]
+    for key in PER_HOST_ENV:
+        service["environment"].pop(key)
+    service.pop("container_name")
+    service["networks"]["overlay"].pop("aliases")
+    service["labels"].pop("org.chargpt.node-rank")
+    return compose
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 3])
+def test_ranks_world_size_and_master_address(tmp_path, hosts):
+    names = [f"node{i}" for i in range(1, hosts + 1)]
+    files = render(tmp_path, names[:1], names[1:])
+    for rank, name in enumerate(names):
+        service = files[name]["services"]["trainer"]
+        env = service["environment"]
+        assert env["NODE_RANK"] == str(rank)
+        assert env["NNODES"] == str(hosts)
+        assert env["NPROC_PER_NODE"] == "1"
+        assert env["WORLD_SIZE"] == str(hosts)
+        assert env["MASTER_ADDR"] == "chargpt-master"
+        assert env["MASTER_PORT"] == "29500"
+        assert env["GLOO_SOCKET_IFNAME"] == "auto"
+        assert service["container_name"] == f"chargpt-trainer-rank{rank}"
+        aliases = service["networks"]["overlay"]["aliases"]
+        assert ("chargpt-master" in aliases) == (rank == 0)
+        assert service["labels"]["org.chargpt.node-rank"] == str(rank)
+        assert service["labels"]["org.chargpt.world-size"] == str(hosts)
+    reference = without_per_host_values(files[names[0]])
+    for name in names[1:]:
+        assert without_per_host_values(files[name]) == reference
+
+
+def test_container_is_confined_and_attached_to_the_overlay(tmp_path):
+    files = render(tmp_path, ["node1"], ["node2"])
+    compose = files["node2"]
+    service = compose["services"]["trainer"]
+    assert compose["name"] == "chargpt"
+    assert service["image"] == "chargpt-trainer:0123456789ab"
+    assert service["user"] == "10001:10001"
+    assert "ports" not in service and "expose" not in service
+    assert "privileged" not in service and "network_mode" not in service
+    assert service["restart"] == "on-failure:3"
+    assert (service["mem_limit"], service["pids_limit"], service["shm_size"]) == ("8g", 4096, "1g")
+    assert "deploy" not in service  # no GPUs unless configured
+    assert compose["networks"]["overlay"] == {"name": "pytorch-dist-overlay-net", "external": True}
+    volumes = {volume["target"]: volume for volume in service["volumes"]}
+    assert volumes["/data"]["source"] == "/srv/chargpt/data" and volumes["/data"]["read_only"] is True
+    assert volumes["/runs"]["source"] == "/srv/chargpt/runs"
+    env = service["environment"]
+    assert (env["RUN_ID"], env["TRAIN_PRESET"], env["TRAIN_OVERRIDES"]) == ("shakespeare-cpu", "cpu", "")
+    assert (env["TRAIN_DATA"], env["RUN_ROOT"], env["TORCHRUN_MAX_RESTARTS"]) == ("/data/input.txt", "/runs", "0")
+
+
+def test_settings_reach_every_host(tmp_path):
+    files = render(tmp_path, ["node1"], ["node2", "node3"], group_vars={
+        "trainer_nproc_per_node": 2, "trainer_master_port": 29600, "trainer_preset": "smoke",
+        "trainer_run_id": "run-7", "trainer_overrides": {"max_steps": 100, "lr": 0.001},
+        "trainer_gpus": "all", "trainer_restart_max_retries": 5, "trainer_torchrun_max_restarts": 2,
+        "trainer_memory_limit": "2g", "overlay_network_name": "other-net"})
+    for rank, name in enumerate(["node1", "node2", "node3"]):
+        service = files[name]["services"]["trainer"]
+        env = service["environment"]
+        assert (env["NODE_RANK"], env["NNODES"], env["NPROC_PER_NODE"], env["WORLD_SIZE"]) == (
+            str(rank), "3", "2", "6")
+        assert env["MASTER_PORT"] == "29600"
+        assert (env["RUN_ID"], env["TRAIN_PRESET"]) == ("run-7", "smoke")
+        assert env["TRAIN_OVERRIDES"] == "max_steps=100 lr=0.001"
+        assert env["TORCHRUN_MAX_RESTARTS"] == "2"
+        assert service["restart"] == "on-failure:5"
+        assert service["mem_limit"] == "2g"
+        assert service["deploy"]["resources"]["reservations"]["devices"] == [
+            {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+        assert files[name]["networks"]["overlay"]["name"] == "other-net"
+
+
+def test_host_rank_and_interface_overrides(tmp_path):
+    # node3 is listed before node2 but asks for rank 1; node2 takes rank 2. Interfaces differ per host.
+    files = render(tmp_path, ["node1"], ["node3", "node2"], host_vars={
+        "node3": {"trainer_node_rank": 1, "trainer_gloo_socket_ifname": "eth1"},
+        "node2": {"trainer_node_rank": 2}})
+    env = {name: files[name]["services"]["trainer"]["environment"] for name in files}
+    assert (env["node1"]["NODE_RANK"], env["node3"]["NODE_RANK"], env["node2"]["NODE_RANK"]) == ("0", "1", "2")
+    assert env["node3"]["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert env["node2"]["GLOO_SOCKET_IFNAME"] == "auto"
+    assert without_per_host_values(files["node3"]) == without_per_host_values(files["node1"])
+
+
+def test_second_render_changes_nothing(tmp_path):
+    render(tmp_path, ["node1"], ["node2"])
+    inventory = tmp_path / "hosts.yml"
+    result = run_playbook("tests/ansible/render_compose.yml", inventory)
+    assert result.returncode == 0, output(result)
+    assert "changed=0" in result.stdout and "changed=1" not in result.stdout

@@ -1,0 +1,150 @@
+"""The preflight play: every bad inventory, setting or corpus stops the run with one message that
+names the problem and the fix, before any host changes (here: hosts that are this machine)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from .helpers import CORPUS, local_inventory, output, run_playbook
+
+TWO = (["node1"], ["node2"])
+
+
+def preflight(tmp_path, master=TWO[0], workers=TWO[1], **kwargs) -> subprocess.CompletedProcess:
+    inventory = local_inventory(tmp_path / "hosts.yml", list(master), list(workers), **kwargs)
+    return run_playbook("playbooks/preflight.yml", inventory)
+
+
+def assert_stopped(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    text = output(result)
+    assert result.returncode != 0, text
+    for fragment in fragments:
+        assert fragment in text, f"{fragment!r} not in output:\n{text[-3000:]}"
+    # Nothing but the preflight play ran, and it changed nothing.
+    assert text.count("PLAY [") == 1, text
+    assert "changed=0" in text and " changed=1" not in text
+
+
+def test_a_good_inventory_passes(tmp_path):
+    result = preflight(tmp_path, workers=["node2", "node3"])
+    assert result.returncode == 0, output(result)
+    assert "changed=0" in result.stdout
+
+
+def test_a_single_host_passes(tmp_path):
+    result = preflight(tmp_path, workers=[])
+    assert result.returncode == 0, output(result)
+
+
+def test_two_masters(tmp_path):
+    assert_stopped(preflight(tmp_path, master=["node1", "node2"], workers=["node3"]),
+                   "The inventory group `master` holds 2 host(s)", "must hold exactly one")
+
+
+def test_no_master(tmp_path):
+    assert_stopped(preflight(tmp_path, master=[], workers=["node2"], managers=["node2"]),
+                   "The inventory group `master` holds 0 host(s)")
+
+
+def test_cluster_host_outside_master_and_workers(tmp_path):
+    assert_stopped(preflight(tmp_path, cluster_only=["stray"]),
+                   "must together hold every host of `cluster`", "stray")
+
+
+def test_manager_outside_the_cluster(tmp_path):
+    assert_stopped(preflight(tmp_path, managers=[]), "The group `managers`", "at least one host")
+
+
+@pytest.mark.parametrize("ranks, shown", [
+    ({"node2": 1, "node3": 1}, '"node2": 1, "node3": 1'),   # duplicated
+    ({"node3": -1}, '"node3": -1'),                          # negative
+    ({"node3": 5}, '"node3": 5'),                            # not contiguous
+    ({"node1": 1, "node2": 0}, '"node1": 1, "node2": 0'),    # master not at 0
+])
+def test_bad_ranks(tmp_path, ranks, shown):
+    host_vars = {name: {"trainer_node_rank": rank} for name, rank in ranks.items()}
+    assert_stopped(preflight(tmp_path, workers=["node2", "node3"], host_vars=host_vars),
+                   "The node ranks", shown, "must be 0..2, each once, with the master at 0")
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("trainer_wait", "yes", "true or false"),
+    ("trainer_node_rank", "1", "an integer"),
+    ("trainer_nproc_per_node", 0, "an integer of at least 1"),
+    ("trainer_master_port", 70000, "an integer from 1 to 65535"),
+    ("trainer_overrides", "max_steps=5", "a mapping"),
+    ("trainer_gpus", "some", 'or "all"'),
+])
+def test_wrong_types(tmp_path, name, value, expected):
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
+                   f"{name} is", "on node2; it must be", expected)
+
+
+def test_string_posing_as_boolean_for_the_overlay(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"overlay_network_encrypted": "no"}),
+                   "overlay_network_encrypted is \"no\", not a boolean")
+
+
+def test_processes_per_node_differ(tmp_path):
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {"trainer_nproc_per_node": 2}}),
+                   "trainer_nproc_per_node differs between hosts")
+
+
+def test_interface_that_does_not_exist(tmp_path):
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {"trainer_gloo_socket_ifname": "nosuch0"}}),
+                   'trainer_gloo_socket_ifname is "nosuch0", but node2 has no such interface', "or to auto")
+
+
+def test_interface_that_exists(tmp_path):
+    result = preflight(tmp_path, host_vars={"node2": {"trainer_gloo_socket_ifname": "lo"}})
+    assert result.returncode == 0, output(result)
+
+
+def test_missing_corpus(tmp_path):
+    missing = tmp_path / "nothing.txt"
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(missing)}),
+                   f"The corpus {missing} does not exist on the control node", "trainer_corpus_path")
+
+
+def test_empty_corpus(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(empty)}),
+                   f"The corpus {empty} is empty")
+
+
+def test_corpus_too_short(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("To be, or not to be.\n" * 10)
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(short)}),
+                   "has 210 bytes, fewer than trainer_corpus_min_bytes (4096)")
+
+
+def test_corpus_not_text(tmp_path):
+    binary = tmp_path / "corpus.bin"
+    binary.write_bytes(CORPUS.read_bytes()[:8192] + bytes(range(128, 256)) * 40)
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(binary)}),
+                   f"The corpus {binary} is not UTF-8 text")
+
+
+def test_corpus_is_a_folder(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(tmp_path)}),
+                   "is not a regular file")
+
+
+def test_registry_without_tag(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_image_tag": ""}),
+                   "trainer_image_registry is set", "trainer_image_tag is empty")
+
+
+def test_unreachable_host(tmp_path):
+    # An SSH host on a closed loopback port: unreachable at once.
+    host_vars = {"node3": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9,
+                           "ansible_ssh_common_args": "-o ConnectTimeout=3 -o BatchMode=yes"}}
+    result = preflight(tmp_path, workers=["node2", "node3"], host_vars=host_vars)
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "UNREACHABLE" in text and "node3" in text
+    assert text.count("PLAY [") == 1
