@@ -8,7 +8,7 @@ import json
 
 from .checks import ARTIFACT_CHECKS, CHECKS
 from .cluster import RUN_ID_LABEL, Cluster
-from .conftest import RUN_ID, assert_succeeded
+from .lab import RUN_ID, assert_succeeded
 
 
 def rank0_started_at(cluster: Cluster) -> str:
