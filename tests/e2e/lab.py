@@ -16,9 +16,12 @@ LAB_NAME = os.environ.get("E2E_LAB_NAME", "e2e")
 # Keep the lab after the session (to look around): E2E_KEEP_LAB=1.
 KEEP_LAB = os.environ.get("E2E_KEEP_LAB") == "1"
 RUN_ID = "e2e-smoke"
+# The smoke preset, long enough (4 evaluations) for the loss to fall clearly.
+TRAIN_OVERRIDES = {"max_steps": 80, "eval_interval": 20, "checkpoint_interval": 20}
 # The same variables on every run, so that a second run has nothing to change.
 # (JSON, so that trainer_wait is a boolean: the roles refuse strings posing as booleans.)
-PLAYBOOK_VARS = ["-e", json.dumps({"trainer_preset": "smoke", "trainer_run_id": RUN_ID, "trainer_wait": True})]
+PLAYBOOK_VARS = ["-e", json.dumps({"trainer_preset": "smoke", "trainer_run_id": RUN_ID, "trainer_wait": True,
+                                   "trainer_overrides": TRAIN_OVERRIDES})]
 LOG_DIR = REPO / "artifacts" / "e2e-logs"
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 TIMINGS: dict[str, float] = {}

@@ -8,7 +8,7 @@ import json
 
 from .checks import ARTIFACT_CHECKS, CHECKS
 from .cluster import RUN_ID_LABEL, Cluster
-from .lab import RUN_ID, assert_succeeded
+from .lab import RUN_ID, TRAIN_OVERRIDES, assert_succeeded
 
 
 def rank0_started_at(cluster: Cluster) -> str:
@@ -35,12 +35,15 @@ def test_check_mode_reports_no_change(lab):
 
 
 def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
+    """The re-run also raises max_steps, so that the world of three really trains after resuming."""
     summary_file = artifacts_dir / RUN_ID / "summary.json"
     before = json.loads(summary_file.read_text())
     assert before["world_size"] == 2, f"the first run's summary: {before}"
+    more_steps = dict(TRAIN_OVERRIDES, max_steps=TRAIN_OVERRIDES["max_steps"] + 40)
 
     lab.command("add")
-    assert_succeeded(lab.playbook(log_name="site-third-host"))
+    assert_succeeded(lab.playbook("site.yml", "-e", json.dumps({"trainer_overrides": more_steps}),
+                                  log_name="site-third-host"))
 
     cluster = Cluster(lab.inventory)
     assert len(cluster) == 3, f"{lab.inventory} has {cluster.names} after `lab/lab add`"
@@ -50,6 +53,7 @@ def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
         check(cluster, artifacts_dir)
     after = json.loads(summary_file.read_text())
     assert after["world_size"] == 3, f"summary after adding a host: {after}"
+    assert after["final_step"] == more_steps["max_steps"], f"summary after adding a host: {after}"
     assert after["resumed_from_step"] == before["final_step"], (
         f"the run did not resume from its last checkpoint (step {before['final_step']}): {after}")
     rank0 = cluster.rank0_container()
