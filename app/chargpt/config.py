@@ -124,9 +124,9 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(),
     # A few seconds on two CPU cores; batch 12 splits over 1, 2, 3 or 4 ranks.
     "smoke": dict(
-        n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=12, max_steps=40,
-        lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=20, eval_batches=4,
-        log_interval=10, checkpoint_interval=20, sample_chars=200),
+        n_layer=2, n_head=4, n_embd=64, block_size=32, batch_size=12, max_steps=80,
+        lr=5e-3, min_lr=5e-4, warmup_steps=5, eval_interval=20, eval_batches=4,
+        log_interval=10, checkpoint_interval=40, sample_chars=200),
 }
 
 _FIELD_TYPES = {field.name: field.type for field in fields(TrainConfig)}

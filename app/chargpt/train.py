@@ -48,6 +48,9 @@ def find_resume_state(run_dir: Path, config: TrainConfig, tokenizer: CharTokeniz
     state = checkpoint.load_latest_checkpoint(run_dir, warn=lambda text: log(f"warning: {text}"))
     if state is None:
         return Resume(None)
+    if state["step"] > config.max_steps:
+        raise ResumeError(f"run directory {run_dir} holds a checkpoint of step {state['step']}, past "
+                          f"max_steps={config.max_steps}; raise max_steps or use a new --run-dir")
     if state["vocab"] != tokenizer.chars:
         raise ResumeError(f"run directory {run_dir} holds a checkpoint trained on another corpus "
                           "(its vocabulary differs); use a new --run-dir or the same --data")
@@ -125,9 +128,10 @@ def train_step(model, optimizer, corpus: Corpus, config: TrainConfig, step: int,
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         # Only the last micro-batch all-reduces the gradients.
         sync = micro == accumulation - 1 or not isinstance(model, DistributedDataParallel)
-        with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-            _, loss = model(x, y)
-        (loss / accumulation).backward()
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast:
+                _, loss = model(x, y)
+            (loss / accumulation).backward()
         total += loss.detach()
     if config.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -202,6 +206,7 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_stale_temp_files(run_dir)
+        (run_dir / "summary.json").unlink(missing_ok=True)  # it marks a finished run: not this one yet
         checkpoint.atomic_write_json(run_dir / "config.json", config.to_dict())
         log(f"world_size={env.world_size} device={device} threads/rank={torch.get_num_threads()} "
             f"params={trained.num_parameters():,} vocab={corpus.tokenizer.vocab_size} "

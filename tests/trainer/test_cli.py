@@ -41,7 +41,7 @@ def bad_corpus(tmp_path, content: bytes | None):
     ("unknown key", "unknown config key 'n_layers'"),
     ("bad value", "bad value 'lots' for max_steps"),
     ("unknown env key", "unknown config key 'speed' (from environment variable CHARGPT_SPEED)"),
-    ("other model in run dir", "holds a checkpoint with n_embd=32 but the configuration says n_embd=64"),
+    ("other model in run dir", "holds a checkpoint with n_embd=64 but the configuration says n_embd=32"),
 ])
 def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
         finished_run, corpus_path, tmp_path, case, expected):
@@ -63,7 +63,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
     elif case == "unknown env key":
         env = {"CHARGPT_SPEED": "fast"}
     elif case == "other model in run dir":
-        extra = ["--set", "n_embd=64"]
+        extra = ["--set", "n_embd=32"]
     before = snapshot(finished_run)
     result = run_process(chargpt_command("train", "--data", data, "--preset", preset,
                                          "--run-dir", str(finished_run), *extra), **env)
@@ -88,7 +88,7 @@ def test_a_finished_run_resumed_again_changes_nothing_but_the_outputs(finished_r
     result = run_process(chargpt_command("train", "--data", str(corpus_path), "--preset", "smoke",
                                          "--run-dir", str(finished_run)))
     assert result.returncode == 0, result.stderr
-    assert "resumed from step 40" in result.stdout
+    assert "resumed from step 80" in result.stdout
 
 
 def test_sample_continues_the_prompt_reproducibly(finished_run):
