@@ -42,6 +42,7 @@ def bad_corpus(tmp_path, content: bytes | None):
     ("bad value", "bad value 'lots' for max_steps"),
     ("unknown env key", "unknown config key 'speed' (from environment variable CHARGPT_SPEED)"),
     ("other model in run dir", "holds a checkpoint with n_embd=64 but the configuration says n_embd=32"),
+    ("checkpoint past max_steps", "holds a checkpoint of step 80, past max_steps=50"),
 ])
 def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
         finished_run, corpus_path, tmp_path, case, expected):
@@ -64,6 +65,8 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
         env = {"CHARGPT_SPEED": "fast"}
     elif case == "other model in run dir":
         extra = ["--set", "n_embd=32"]
+    elif case == "checkpoint past max_steps":
+        extra = ["--set", "max_steps=50"]
     before = snapshot(finished_run)
     result = run_process(chargpt_command("train", "--data", data, "--preset", preset,
                                          "--run-dir", str(finished_run), *extra), **env)
