@@ -118,8 +118,10 @@ def restore_rng_state(state: dict, batch_generator: torch.Generator, device: tor
 
 def train_step(model, optimizer, corpus: Corpus, config: TrainConfig, step: int,
                micro_batch: int, accumulation: int, generator: torch.Generator,
-               device: torch.device, autocast) -> float:
-    """One optimizer step over accumulation micro-batches; returns this rank's mean loss."""
+               device: torch.device, autocast) -> torch.Tensor:
+    """One optimizer step over accumulation micro-batches; returns this rank's mean loss.
+
+    The loss stays a tensor so that a GPU need not synchronise every step."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, step)
     total = torch.zeros((), device=device)
@@ -137,7 +139,7 @@ def train_step(model, optimizer, corpus: Corpus, config: TrainConfig, step: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total.item() / accumulation
+    return total / accumulation
 
 
 @torch.inference_mode()
@@ -220,7 +222,7 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
 
     tokens_per_step = config.batch_size * config.block_size
     started = time.perf_counter()
-    window_started, window_steps, window_loss = started, 0, 0.0
+    window_started, window_steps, window_loss = started, 0, torch.zeros((), device=device)
     tokens_per_s = 0.0
     val_loss = None
     for step in range(start_step, config.max_steps):
@@ -236,13 +238,12 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
             tokens_per_s = tokens_per_step * window_steps / (now - window_started)
             elapsed = now - started
             eta = (now - started) / (done - start_step) * (config.max_steps - done)
-            train_loss = distributed.all_reduce_mean(
-                torch.tensor([window_loss / window_steps], device=device)).item()
+            train_loss = distributed.all_reduce_mean((window_loss / window_steps).reshape(1)).item()
             if env.is_main:
                 log(f"step {done}/{config.max_steps} | loss {train_loss:.4f} | "
                     f"lr {learning_rate(config, step):.2e} | {tokens_per_s:,.0f} tokens/s | "
                     f"elapsed {format_duration(elapsed)} | eta {format_duration(eta)}")
-            window_started, window_steps, window_loss = time.perf_counter(), 0, 0.0
+            window_started, window_steps, window_loss = time.perf_counter(), 0, torch.zeros((), device=device)
         if done % config.eval_interval == 0 or last:
             eval_started = time.perf_counter()
             train_eval, val_loss = evaluate(trained, corpus, config, env, done, micro_batch, device, autocast)
