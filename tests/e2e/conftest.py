@@ -12,15 +12,30 @@ from .cluster import Cluster
 from .lab import KEEP_LAB, LAB_NAME, RUN_ID, TIMINGS, Lab, assert_succeeded, timed
 
 
+# Registered here, not in tests/conftest.py: a top-level conftest.py would shadow the `conftest`
+# module that other suites' worker processes import. pytest reads these options when the command
+# line names tests/e2e or a file in it (`pytest tests/e2e/test_cluster.py --inventory ...`).
+def pytest_addoption(parser):
+    group = parser.getgroup("chargpt cluster checks (tests/e2e)")
+    group.addoption(
+        "--inventory", default=None, metavar="PATH",
+        help="check this already deployed cluster (an Ansible inventory file or folder) with the "
+             "read-only checks of tests/e2e/test_cluster.py instead of bringing up a lab; the "
+             "lab-driving scenarios are then skipped")
+    group.addoption(
+        "--artifacts-dir", default="artifacts", metavar="PATH",
+        help="where site.yml fetched the run's artifacts on this machine (default: artifacts)")
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir(pytestconfig) -> Path:
-    return Path(pytestconfig.getoption("artifacts_dir")).resolve()
+    return Path(pytestconfig.getoption("artifacts_dir", default="artifacts")).resolve()
 
 
 @pytest.fixture(scope="session")
 def lab(pytestconfig, artifacts_dir):
     """A lab of two hosts on which site.yml ran once and trained (the first run's result in lab.first_run)."""
-    if pytestconfig.getoption("inventory"):
+    if pytestconfig.getoption("inventory", default=None):
         pytest.skip("--inventory names a cluster of your own: the lab-driving scenarios do not run against it")
     lab = Lab(LAB_NAME)
     try:
@@ -36,7 +51,7 @@ def lab(pytestconfig, artifacts_dir):
 
 @pytest.fixture(scope="session")
 def inventory_path(pytestconfig, request) -> Path:
-    given = pytestconfig.getoption("inventory")
+    given = pytestconfig.getoption("inventory", default=None)
     if given:
         return Path(given).resolve()
     return request.getfixturevalue("lab").inventory
