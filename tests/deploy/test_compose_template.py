@@ -24,7 +24,7 @@ def render(tmp_path: Path, master, workers, host_vars=None, group_vars=None) -> 
     group_vars = {"trainer_image_ref": "chargpt-trainer:0123456789ab", **(group_vars or {})}
     inventory = local_inventory(tmp_path / "hosts.yml", master, workers, host_vars=host_vars,
                                 group_vars=group_vars)
-    result = run_playbook("tests/ansible/render_compose.yml", inventory)
+    result = run_playbook("tests/deploy/render_compose.yml", inventory)
     assert result.returncode == 0, output(result)
     files = {name: yaml.safe_load((out / name / "compose.yml").read_text()) for name in master + workers}
     for name in files:
@@ -125,6 +125,6 @@ def test_host_rank_and_interface_overrides(tmp_path):
 def test_second_render_changes_nothing(tmp_path):
     render(tmp_path, ["node1"], ["node2"])
     inventory = tmp_path / "hosts.yml"
-    result = run_playbook("tests/ansible/render_compose.yml", inventory)
+    result = run_playbook("tests/deploy/render_compose.yml", inventory)
     assert result.returncode == 0, output(result)
     assert "changed=0" in result.stdout and "changed=1" not in result.stdout
