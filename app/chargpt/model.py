@@ -19,6 +19,7 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = True
+    tie_embeddings: bool = True  # lm_head shares the token embedding's weights (GPT-2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -78,7 +79,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_final = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.weight  # weight tying, as in GPT-2
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
         self.apply(self._init_weights)
         # Residual projections scaled down with depth (GPT-2).
         for name, param in self.named_parameters():

@@ -76,3 +76,14 @@ def test_top_k_one_is_greedy():
 def test_lm_head_shares_the_token_embedding():
     model = small_model()
     assert model.lm_head.weight is model.token_embedding.weight
+
+
+def test_untied_lm_head_has_its_own_weights():
+    model = small_model(tie_embeddings=False)
+    assert model.lm_head.weight is not model.token_embedding.weight
+    assert model.num_parameters() == small_model().num_parameters() + 11 * 32
+    idx = torch.randint(11, (2, 8))
+    model(idx, idx)[1].backward()
+    # Both matrices get gradients of their own: the head is a separate parameter.
+    assert model.lm_head.weight.grad is not None and model.token_embedding.weight.grad is not None
+    assert not torch.equal(model.lm_head.weight.grad, model.token_embedding.weight.grad)
