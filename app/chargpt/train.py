@@ -38,7 +38,7 @@ class Resume:
 def model_args(config: TrainConfig, vocab_size: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab_size, block_size=config.block_size, n_layer=config.n_layer,
                      n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
-                     bias=config.bias)
+                     bias=config.bias, tie_embeddings=config.tie_embeddings)
 
 
 def find_resume_state(run_dir: Path, config: TrainConfig, tokenizer: CharTokenizer) -> Resume:

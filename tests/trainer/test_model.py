@@ -1,10 +1,13 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from chargpt.config import build_config
 from chargpt.model import GPT, GPTConfig
+from chargpt.train import model_args
 
 
 def small_model(**overrides) -> GPT:
@@ -87,3 +90,12 @@ def test_untied_lm_head_has_its_own_weights():
     # Both matrices get gradients of their own: the head is a separate parameter.
     assert model.lm_head.weight.grad is not None and model.token_embedding.weight.grad is not None
     assert not torch.equal(model.lm_head.weight.grad, model.token_embedding.weight.grad)
+
+
+def test_every_model_setting_reaches_the_model():
+    config = build_config("cpu", {"n_layer": "3", "bias": "false", "tie_embeddings": "true"})
+    args = model_args(config, vocab_size=65)
+    model_fields = {field.name for field in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+    assert {name: getattr(args, name) for name in model_fields} == {
+        name: getattr(config, name) for name in model_fields}
+    assert model_args(build_config("cpu"), vocab_size=65).tie_embeddings is False
