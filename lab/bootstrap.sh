@@ -68,10 +68,6 @@ create_venv() {
 
 install_trainer() {
     local pyproject="$REPO_DIR/app/pyproject.toml" stamp="$VENV/.chargpt-app" want
-    if [[ ! -f "$pyproject" ]]; then
-        log "app/pyproject.toml not there yet: trainer package not installed"
-        return 0
-    fi
     want="$(fingerprint "$pyproject")"
     [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && return 0
     log "installing the trainer package (pip install -e app/)"
@@ -81,10 +77,6 @@ install_trainer() {
 
 fill_wheelhouse() {
     local requirements="$REPO_DIR/app/requirements.txt" wheelhouse="$REPO_DIR/app/wheelhouse"
-    if [[ ! -f "$requirements" ]]; then
-        log "app/requirements.txt not there yet: app/wheelhouse/ not filled"
-        return 0
-    fi
     local stamp="$wheelhouse/.chargpt-requirements" want
     want="$(fingerprint "$requirements")"
     [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && return 0
