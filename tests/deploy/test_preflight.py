@@ -87,6 +87,14 @@ def test_string_posing_as_boolean_for_the_overlay(tmp_path):
                    "overlay_network_encrypted is \"no\", not a boolean")
 
 
+def test_encrypted_overlay_without_kernel_support(tmp_path):
+    # A module no kernel has stands for a kernel without IPsec (this machine's kernel has none either).
+    settings = {"overlay_network_encrypted": True, "overlay_network_ipsec_modules": ["chargpt_no_such_module"]}
+    assert_stopped(preflight(tmp_path, group_vars=settings),
+                   "lacks the IPsec support an encrypted overlay needs", "missing: chargpt_no_such_module",
+                   "set overlay_network_encrypted: false")
+
+
 def test_processes_per_node_differ(tmp_path):
     assert_stopped(preflight(tmp_path, host_vars={"node2": {"trainer_nproc_per_node": 2}}),
                    "trainer_nproc_per_node differs between hosts")
