@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -36,9 +36,9 @@ class Resume:
 
 
 def model_args(config: TrainConfig, vocab_size: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab_size, block_size=config.block_size, n_layer=config.n_layer,
-                     n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
-                     bias=config.bias, tie_embeddings=config.tie_embeddings)
+    """The model's shape: every GPTConfig field comes from the config of the same name."""
+    shape = {field.name: getattr(config, field.name) for field in fields(GPTConfig) if field.name != "vocab_size"}
+    return GPTConfig(vocab_size=vocab_size, **shape)
 
 
 def find_resume_state(run_dir: Path, config: TrainConfig, tokenizer: CharTokenizer) -> Resume:
