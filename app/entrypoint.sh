@@ -17,34 +17,46 @@ is_count() {
 }
 
 train() {
-    for name in NNODES NPROC_PER_NODE NODE_RANK MASTER_PORT TORCHRUN_MAX_RESTARTS; do
-        eval "value=\${$name}"
+    for name in NNODES NPROC_PER_NODE NODE_RANK MASTER_PORT TORCHRUN_MAX_RESTARTS TORCHRUN_JOIN_TIMEOUT_S; do
+        eval "value=\${$name:-}"
         is_count "$value" || fail "$name='$value' must be a non-negative integer"
     done
     [ "$NNODES" -ge 1 ] || fail "NNODES must be at least 1"
     [ "$NPROC_PER_NODE" -ge 1 ] || fail "NPROC_PER_NODE must be at least 1"
     [ "$NODE_RANK" -lt "$NNODES" ] || fail "NODE_RANK=$NODE_RANK must be below NNODES=$NNODES"
+    [ "$TORCHRUN_JOIN_TIMEOUT_S" -ge 1 ] || fail "TORCHRUN_JOIN_TIMEOUT_S must be at least 1 (seconds)"
     expected_world_size=$((NNODES * NPROC_PER_NODE))
     if [ -n "${WORLD_SIZE:-}" ] && [ "$WORLD_SIZE" != "$expected_world_size" ]; then
         fail "WORLD_SIZE=$WORLD_SIZE disagrees with NNODES*NPROC_PER_NODE=$NNODES*$NPROC_PER_NODE=$expected_world_size; fix one of them"
     fi
     [ -n "$MASTER_ADDR" ] || fail "MASTER_ADDR is empty; set it to the master's address or name"
+    [ -n "${NODE_ADDR:-}" ] || fail "NODE_ADDR is empty; set it to this node's address or name, one that sorts in node-rank order (the rendezvous numbers the nodes by it)"
+    case "$NODE_ADDR" in
+        *[!A-Za-z0-9.:_-]*) fail "NODE_ADDR='$NODE_ADDR' is not a host name or address" ;;
+    esac
     [ -n "$RUN_ID" ] || fail "RUN_ID is empty; set it to the name of this run"
     # torchrun sets WORLD_SIZE itself for every worker.
     unset WORLD_SIZE
+
+    # The c10d rendezvous lives in a store on the master's agent, so an agent that restarts (a
+    # killed container) can rejoin a running group. It numbers the nodes by sorting their
+    # addresses: NODE_ADDR sorts in node-rank order, which keeps global rank 0 on the master.
+    if [ "$NODE_RANK" -eq 0 ]; then is_host=true; else is_host=false; fi
 
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
     set -f
     for override in $TRAIN_OVERRIDES; do
         set -- "$@" --set "$override"
     done
-    echo "entrypoint: node $NODE_RANK of $NNODES, $NPROC_PER_NODE process(es) per node, master $MASTER_ADDR:$MASTER_PORT, world size $expected_world_size"
+    echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $MASTER_ADDR:$MASTER_PORT, world size $expected_world_size, up to $TORCHRUN_MAX_RESTARTS restart(s)"
     exec torchrun \
         --nnodes="$NNODES" \
         --nproc-per-node="$NPROC_PER_NODE" \
-        --node-rank="$NODE_RANK" \
-        --master-addr="$MASTER_ADDR" \
-        --master-port="$MASTER_PORT" \
+        --rdzv-backend=c10d \
+        --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" \
+        --rdzv-id="$RUN_ID" \
+        --rdzv-conf="is_host=$is_host,join_timeout=$TORCHRUN_JOIN_TIMEOUT_S" \
+        --local-addr="$NODE_ADDR" \
         --max-restarts="$TORCHRUN_MAX_RESTARTS" \
         -m chargpt train "$@"
 }

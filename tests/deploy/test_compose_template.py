@@ -11,9 +11,9 @@ import yaml
 
 from .helpers import local_inventory, output, run_playbook
 
-# What may differ between two hosts' files: the node rank (and the names and labels built from
-# it), the master alias (on rank 0 only) and the interface.
-PER_HOST_ENV = {"NODE_RANK", "GLOO_SOCKET_IFNAME"}
+# What may differ between two hosts' files: the node rank (and the names, aliases and labels built
+# from it), the master alias (on rank 0 only) and the interface.
+PER_HOST_ENV = {"NODE_RANK", "NODE_ADDR", "GLOO_SOCKET_IFNAME"}
 
 
 def render(tmp_path: Path, master, workers, host_vars=None, group_vars=None) -> dict[str, dict]:
@@ -60,6 +60,9 @@ def test_ranks_world_size_and_master_address(tmp_path, hosts):
         assert service["container_name"] == f"chargpt-trainer-rank{rank}"
         aliases = service["networks"]["overlay"]["aliases"]
         assert ("chargpt-master" in aliases) == (rank == 0)
+        # The rendezvous ranks nodes by their address: the container's own alias carries the rank.
+        assert env["NODE_ADDR"] == f"chargpt-node-{rank:05d}" and env["NODE_ADDR"] in aliases
+        assert env["TORCHRUN_JOIN_TIMEOUT_S"] == "600"
         assert service["labels"]["org.chargpt.node-rank"] == str(rank)
         assert service["labels"]["org.chargpt.world-size"] == str(hosts)
     reference = without_per_host_values(files[names[0]])
@@ -85,7 +88,7 @@ def test_container_is_confined_and_attached_to_the_overlay(tmp_path):
     assert volumes["/runs"]["source"] == "/srv/chargpt/runs"
     env = service["environment"]
     assert (env["RUN_ID"], env["TRAIN_PRESET"], env["TRAIN_OVERRIDES"]) == ("shakespeare-cpu", "cpu", "")
-    assert (env["TRAIN_DATA"], env["RUN_ROOT"], env["TORCHRUN_MAX_RESTARTS"]) == ("/data/input.txt", "/runs", "0")
+    assert (env["TRAIN_DATA"], env["RUN_ROOT"], env["TORCHRUN_MAX_RESTARTS"]) == ("/data/input.txt", "/runs", "3")
 
 
 def test_settings_reach_every_host(tmp_path):
@@ -93,7 +96,8 @@ def test_settings_reach_every_host(tmp_path):
         "trainer_nproc_per_node": 2, "trainer_master_port": 29600, "trainer_preset": "smoke",
         "trainer_run_id": "run-7", "trainer_overrides": {"max_steps": 100, "lr": 0.001},
         "trainer_gpus": "all", "trainer_restart_max_retries": 5, "trainer_torchrun_max_restarts": 2,
-        "trainer_memory_limit": "2g", "overlay_network_name": "other-net"})
+        "trainer_memory_limit": "2g", "overlay_network_name": "other-net", "trainer_torchrun_join_timeout_s": 90,
+        "trainer_environment": {"TRAIN_FAULT_CHECKPOINT_PAUSE": "100:30", "OMP_NUM_THREADS": 2}})
     for rank, name in enumerate(["node1", "node2", "node3"]):
         service = files[name]["services"]["trainer"]
         env = service["environment"]
@@ -103,6 +107,8 @@ def test_settings_reach_every_host(tmp_path):
         assert (env["RUN_ID"], env["TRAIN_PRESET"]) == ("run-7", "smoke")
         assert env["TRAIN_OVERRIDES"] == "max_steps=100 lr=0.001"
         assert env["TORCHRUN_MAX_RESTARTS"] == "2"
+        assert env["TORCHRUN_JOIN_TIMEOUT_S"] == "90"
+        assert (env["TRAIN_FAULT_CHECKPOINT_PAUSE"], env["OMP_NUM_THREADS"]) == ("100:30", "2")
         assert service["restart"] == "on-failure:5"
         assert service["mem_limit"] == "2g"
         assert service["deploy"]["resources"]["reservations"]["devices"] == [
@@ -128,3 +134,26 @@ def test_second_render_changes_nothing(tmp_path):
     result = run_playbook("tests/deploy/render_compose.yml", inventory)
     assert result.returncode == 0, output(result)
     assert "changed=0" in result.stdout and "changed=1" not in result.stdout
+
+
+def test_node_addresses_sort_in_rank_order(tmp_path):
+    """torchrun's c10d rendezvous numbers the nodes by sorting their addresses; with 11 hosts a
+    plain number would put rank 10 before rank 2."""
+    names = [f"node{i}" for i in range(1, 12)]
+    files = render(tmp_path, names[:1], names[1:])
+    addresses = [files[name]["services"]["trainer"]["environment"]["NODE_ADDR"] for name in names]
+    assert sorted(addresses) == addresses and len(set(addresses)) == 11
+
+
+def test_no_compose_file_for_a_host_missing_from_the_play(tmp_path):
+    """A host that dropped out of the play (here: left out by --limit) leaves the world size
+    unformable: no host gets a compose file."""
+    out = tmp_path / "compose"
+    host_vars = {name: {"trainer_compose_dir": str(out / name)} for name in ("node1", "node2", "node3")}
+    inventory = local_inventory(tmp_path / "hosts.yml", ["node1"], ["node2", "node3"], host_vars=host_vars,
+                                group_vars={"trainer_image_ref": "chargpt-trainer:0123456789ab"})
+    result = run_playbook("tests/deploy/render_compose.yml", inventory, "--limit", "node1,node2")
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "node3 dropped out of this play" in text and "world size of 3 that cannot form" in text
+    assert not out.exists()

@@ -76,6 +76,10 @@ def test_bad_ranks(tmp_path, ranks, shown):
     ("trainer_master_port", 70000, "an integer from 1 to 65535"),
     ("trainer_overrides", "max_steps=5", "a mapping"),
     ("trainer_gpus", "some", 'or "all"'),
+    ("trainer_torchrun_max_restarts", -1, "an integer of at least 0"),
+    ("trainer_torchrun_join_timeout_s", "600", "an integer of at least 1 (seconds)"),
+    ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
+    ("trainer_supervisor_start_limit_burst", "ten", "an integer of at least 1"),
 ])
 def test_wrong_types(tmp_path, name, value, expected):
     assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
@@ -93,6 +97,22 @@ def test_encrypted_overlay_without_kernel_support(tmp_path):
     assert_stopped(preflight(tmp_path, group_vars=settings),
                    "lacks the IPsec support an encrypted overlay needs", "missing: chargpt_no_such_module",
                    "set overlay_network_encrypted: false")
+
+
+@pytest.mark.parametrize("environment, shown", [
+    ({"1BAD": "x"}, '["1BAD"] are not variable names'),
+    ({"NODE_RANK": 3}, '["NODE_RANK"] are set by the role itself'),
+    ({"OMP_NUM_THREADS": [2]}, 'the values of ["OMP_NUM_THREADS"] are not strings or numbers'),
+])
+def test_bad_trainer_environment(tmp_path, environment, shown):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_environment": environment}),
+                   "trainer_environment on node1 is wrong", shown, "fix these entries in the inventory")
+
+
+def test_trainer_environment_passes(tmp_path):
+    environment = {"TRAIN_FAULT_CHECKPOINT_PAUSE": "100:30", "OMP_NUM_THREADS": 2}
+    result = preflight(tmp_path, group_vars={"trainer_environment": environment})
+    assert result.returncode == 0, output(result)
 
 
 def test_processes_per_node_differ(tmp_path):
