@@ -42,6 +42,10 @@ train() {
     # killed container) can rejoin a running group. It numbers the nodes by sorting their
     # addresses: NODE_ADDR sorts in node-rank order, which keeps global rank 0 on the master.
     if [ "$NODE_RANK" -eq 0 ]; then is_host=true; else is_host=false; fi
+    # The agents' shared TCP store breaks re-rendezvous with an agent that restarted: the fresh
+    # agent waits for a master address that rank 0's agent only publishes in its first round
+    # (pytorch/pytorch#135712). Without sharing, rank 0 publishes one every round.
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
     set -f
