@@ -79,7 +79,7 @@ def test_bad_ranks(tmp_path, ranks, shown):
     ("trainer_torchrun_max_restarts", -1, "an integer of at least 0"),
     ("trainer_torchrun_join_timeout_s", "600", "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
-    ("trainer_supervisor_start_limit_burst", "ten", "an integer of at least 1"),
+    ("trainer_supervisor_start_limit_burst", 0, "an integer of at least 1"),
 ])
 def test_wrong_types(tmp_path, name, value, expected):
     assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
