@@ -17,12 +17,21 @@ _TEMP_SUFFIX = ".tmp"
 REQUIRED_KEYS = ("model", "optimizer", "step", "config", "model_args", "vocab", "rng")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace path with data so that readers see the old or the new file, never a part."""
+def atomic_write_bytes(path: Path, data: bytes, halfway: Callable[[], None] | None = None) -> None:
+    """Replace path with data so that readers see the old or the new file, never a part.
+
+    halfway (fault injection) runs once the first half of data is on disk in the temp file."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}{_TEMP_SUFFIX}")
     try:
         with open(temp, "wb") as handle:
+            if halfway is not None:
+                middle = len(data) // 2
+                handle.write(data[:middle])
+                handle.flush()
+                os.fsync(handle.fileno())
+                halfway()
+                data = data[middle:]
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -40,10 +49,10 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def atomic_save_torch(path: Path, obj) -> None:
+def atomic_save_torch(path: Path, obj, halfway: Callable[[], None] | None = None) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getbuffer(), halfway)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -71,11 +80,14 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """Write the checkpoint for step atomically, then delete all but the newest keep."""
+def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int,
+                    halfway: Callable[[Path], None] | None = None) -> Path:
+    """Write the checkpoint for step atomically, then delete all but the newest keep.
+
+    halfway(path), for fault injection, runs when half of the checkpoint is written."""
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_torch(path, state)
+    atomic_save_torch(path, state, None if halfway is None else lambda: halfway(path))
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

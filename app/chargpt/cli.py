@@ -9,11 +9,13 @@ from pathlib import Path
 
 from .config import PRESETS, ConfigError
 from .data import CorpusError
-from .distributed import DistributedError
+from .distributed import DistributedError, PeerFailure
+from .faults import FaultInjectionError
 from .sample import SampleError, generate_text
 from .train import ResumeError, train
 
 EXIT_BAD_INPUT = 2
+EXIT_PEER_FAILURE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return train_command(args)
         return sample_command(args, parser)
-    except (ConfigError, CorpusError, ResumeError, DistributedError, SampleError) as error:
+    except PeerFailure as error:
+        # Every rank that sees it says so: the line names the rank.
+        print(f"[chargpt] {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # No interpreter teardown: after a broken collective, Gloo's threads can abort it
+        # ("terminate called without an active exception"), which would hide this exit status.
+        os._exit(EXIT_PEER_FAILURE)
+    except (ConfigError, CorpusError, ResumeError, DistributedError, SampleError, FaultInjectionError) as error:
         # Under torchrun every rank gets the same error; one line per host is enough.
         if os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"chargpt: error: {error}", file=sys.stderr, flush=True)

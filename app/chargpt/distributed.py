@@ -21,6 +21,10 @@ class DistributedError(RuntimeError):
     """The torchrun environment or the network does not allow joining the process group."""
 
 
+class PeerFailure(RuntimeError):
+    """A collective failed because a peer hung (timeout) or died; torchrun may restart the group."""
+
+
 @dataclass(frozen=True)
 class DistEnv:
     rank: int = 0
@@ -60,6 +64,35 @@ def read_env(environ=None) -> DistEnv:
     if env.world_size < 1 or not 0 <= env.rank < env.world_size:
         raise DistributedError(f"RANK={env.rank} is not within WORLD_SIZE={env.world_size}")
     return env
+
+
+def check_node_rank(environ=None) -> None:
+    """Under a rendezvous that numbers the nodes itself, this host must get its inventory rank."""
+    environ = os.environ if environ is None else environ
+    node_rank, group_rank = environ.get("NODE_RANK"), environ.get("GROUP_RANK")
+    if node_rank is None or group_rank is None or node_rank.strip() == group_rank.strip():
+        return
+    raise DistributedError(
+        f"NODE_RANK={node_rank} (this host's rank in the inventory) differs from GROUP_RANK={group_rank} "
+        "(the node rank torchrun's rendezvous gave it): global rank 0 must run on the host that holds "
+        "the run directory (node rank 0), or checkpoints and outputs land on the wrong host; give "
+        "torchrun a --local-addr that sorts in node-rank order, or fix the ranks in the inventory")
+
+
+def peer_failure(error: BaseException, rank: int, timeout_s: float) -> PeerFailure | None:
+    """The clear message for a collective that a hung or dead peer broke, or None for other errors.
+
+    Gloo raises a plain RuntimeError from the blocked call (DDP's backward all-reduce, an eval
+    all-reduce, a broadcast): "Timed out waiting Nms for recv operation to complete" when a peer
+    hangs, "Connection closed by peer" or "reset by peer" when it died."""
+    text = str(error)
+    if "Timed out waiting" in text:
+        what = f"a collective timed out after {timeout_s:g} s (dist_timeout_s); a peer hung or died"
+    elif "closed by peer" in text or "reset by peer" in text:
+        what = "a peer closed its connection during a collective; it died or was restarted"
+    else:
+        return None
+    return PeerFailure(f"rank {rank}: {what}. Exiting so that torchrun restarts the group.")
 
 
 def local_ipv4_addresses() -> dict[str, str]:

@@ -17,6 +17,7 @@ from . import checkpoint, distributed
 from .config import TrainConfig, build_config, parse_assignments
 from .data import CharTokenizer, Corpus, load_corpus, sample_batch
 from .distributed import DistEnv
+from .faults import CheckpointPause, checkpoint_pause
 from .model import GPT, GPTConfig
 from .outputs import plot_losses, read_metrics, write_final_model
 
@@ -171,8 +172,10 @@ def format_duration(seconds: float) -> str:
 
 
 def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume: Resume,
-        device: torch.device) -> GPT:
-    """Train from the resume state (or from scratch); rank 0 writes everything in run_dir."""
+        device: torch.device, pause: CheckpointPause | None = None) -> GPT:
+    """Train from the resume state (or from scratch); rank 0 writes everything in run_dir.
+
+    pause: fault injection, a pause halfway through writing one checkpoint (see faults.py)."""
     run_dir = Path(run_dir)
     torch.set_num_threads(cpu_threads(config, env))
     if device.type == "cuda":
@@ -258,7 +261,7 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
             window_started += time.perf_counter() - eval_started
         if done % config.checkpoint_interval == 0 or last:
             save_checkpoint(run_dir, trained, optimizer, config, corpus.tokenizer, done, generator,
-                            env, device)
+                            env, device, pause if pause and pause.step == done else None)
 
     if val_loss is None and env.is_main:  # resumed at the last step: nothing left to train
         history = read_metrics(run_dir / "metrics.jsonl")
@@ -271,14 +274,15 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
 
 def save_checkpoint(run_dir: Path, model: GPT, optimizer, config: TrainConfig,
                     tokenizer: CharTokenizer, step: int, generator: torch.Generator,
-                    env: DistEnv, device: torch.device) -> None:
+                    env: DistEnv, device: torch.device, pause: CheckpointPause | None = None) -> None:
     rng_states = distributed.gather_objects(rng_state(generator, device), env)
     if not env.is_main:
         return
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
              "config": config.to_dict(), "model_args": model.config.__dict__,
              "vocab": tokenizer.chars, "rng": rng_states, "world_size": env.world_size}
-    path = checkpoint.save_checkpoint(run_dir, step, state, config.keep_checkpoints)
+    halfway = None if pause is None else (lambda path: pause.hold(path, log))
+    path = checkpoint.save_checkpoint(run_dir, step, state, config.keep_checkpoints, halfway)
     log(f"checkpoint {path.name} written")
 
 
@@ -313,9 +317,11 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, tokenizer: CharTokeni
 
 def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT:
     """Check every input, then join the process group and train. Returns this rank's model."""
+    distributed.check_node_rank()
     env = distributed.read_env()
     config = build_config(preset, parse_assignments(assignments))
     config.check_world_size(env.world_size)
+    pause = checkpoint_pause()
     corpus = load_corpus(data, config.block_size, config.val_fraction)
     # Only rank 0's host has the run directory; it checks it before anyone joins the group.
     resume = find_resume_state(Path(run_dir), config, corpus.tokenizer) if env.is_main else Resume(None)
@@ -323,6 +329,11 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
     distributed.init_process_group(env, device, config.dist_timeout_s,
                                    log=log if env.local_rank == 0 else (lambda message: None))
     try:
-        return run(config, corpus, Path(run_dir), env, resume, device)
+        return run(config, corpus, Path(run_dir), env, resume, device, pause)
+    except RuntimeError as error:
+        failure = distributed.peer_failure(error, env.rank, config.dist_timeout_s)
+        if failure is None:
+            raise
+        raise failure from error
     finally:
         distributed.shutdown()

@@ -13,7 +13,7 @@ ENTRYPOINT = APP_DIR / "entrypoint.sh"
 IMAGE_DEFAULTS = {"NNODES": "1", "NPROC_PER_NODE": "1", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                   "MASTER_PORT": "29500", "RUN_ID": "default", "TRAIN_PRESET": "cpu",
                   "TRAIN_OVERRIDES": "", "TRAIN_DATA": "/data/input.txt", "RUN_ROOT": "/runs",
-                  "TORCHRUN_MAX_RESTARTS": "0"}
+                  "TORCHRUN_MAX_RESTARTS": "0", "NODE_ADDR": "127.0.0.1", "TORCHRUN_JOIN_TIMEOUT_S": "600"}
 
 
 @pytest.fixture
@@ -33,15 +33,23 @@ def entrypoint(fake_bin, *args: str, **env: str) -> subprocess.CompletedProcess:
 def test_train_launches_torchrun_with_the_environment(fake_bin):
     result = entrypoint(fake_bin, NNODES="2", NPROC_PER_NODE="3", NODE_RANK="1", WORLD_SIZE="6",
                         MASTER_ADDR="trainer-master", MASTER_PORT="29511", RUN_ID="r1",
+                        NODE_ADDR="trainer-node-1", TORCHRUN_JOIN_TIMEOUT_S="90",
                         TRAIN_PRESET="smoke", TRAIN_OVERRIDES="max_steps=10  lr=0.01 eval_interval=*",
                         TORCHRUN_MAX_RESTARTS="3")
     assert result.returncode == 0, result.stderr
     words = result.stdout.splitlines()
     assert words[words.index("torchrun"):] == [
-        "torchrun", "--nnodes=2", "--nproc-per-node=3", "--node-rank=1", "--master-addr=trainer-master",
-        "--master-port=29511", "--max-restarts=3", "-m", "chargpt", "train",
+        "torchrun", "--nnodes=2", "--nproc-per-node=3", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=trainer-master:29511", "--rdzv-id=r1", "--rdzv-conf=is_host=false,join_timeout=90",
+        "--local-addr=trainer-node-1", "--max-restarts=3", "-m", "chargpt", "train",
         "--data", "/data/input.txt", "--run-dir", "/runs/r1", "--preset", "smoke",
         "--set", "max_steps=10", "--set", "lr=0.01", "--set", "eval_interval=*"]
+
+
+def test_the_master_hosts_the_rendezvous(fake_bin):
+    result = entrypoint(fake_bin, NNODES="2", NODE_RANK="0")
+    assert result.returncode == 0, result.stderr
+    assert "--rdzv-conf=is_host=true,join_timeout=600" in result.stdout.splitlines()
 
 
 def test_train_is_the_default_command(fake_bin):
@@ -56,6 +64,9 @@ def test_train_is_the_default_command(fake_bin):
     ({"NNODES": "two"}, "NNODES='two' must be a non-negative integer"),
     ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 must be below NNODES=2"),
     ({"MASTER_ADDR": ""}, "MASTER_ADDR is empty"),
+    ({"NODE_ADDR": ""}, "NODE_ADDR is empty"),
+    ({"NODE_ADDR": "a b"}, "NODE_ADDR='a b' is not a host name or address"),
+    ({"TORCHRUN_JOIN_TIMEOUT_S": "0"}, "TORCHRUN_JOIN_TIMEOUT_S must be at least 1"),
 ])
 def test_inconsistent_settings_fail_before_torchrun(fake_bin, env, message):
     result = entrypoint(fake_bin, **env)

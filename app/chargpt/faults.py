@@ -1,0 +1,52 @@
+"""Fault injection for reliability tests: TRAIN_FAULT_CHECKPOINT_PAUSE="STEP:SECONDS".
+
+When set, global rank 0 writes the first half of checkpoint STEP's temp file, flushes and fsyncs
+it, pauses SECONDS and then finishes the write: a window in which a test can kill it mid-write.
+Only the first attempt of a torchrun agent pauses (TORCHELASTIC_RESTART_COUNT unset or 0), so the
+run that resumes after the kill does not pause again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+CHECKPOINT_PAUSE_VARIABLE = "TRAIN_FAULT_CHECKPOINT_PAUSE"
+
+
+class FaultInjectionError(ValueError):
+    """The fault-injection variable does not parse; the message shows the expected form."""
+
+
+@dataclass(frozen=True)
+class CheckpointPause:
+    step: int
+    seconds: float
+
+    def hold(self, path: Path, log: Callable[[str], None]) -> None:
+        log(f"fault injection: pausing {self.seconds:g} s halfway through writing {path.name}")
+        time.sleep(self.seconds)
+
+
+def checkpoint_pause(environ: Mapping[str, str] | None = None) -> CheckpointPause | None:
+    """The pause to inject, or None. A bad value raises even when no pause would happen."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(CHECKPOINT_PAUSE_VARIABLE, "").strip()
+    if not raw:
+        return None
+    step_text, _, seconds_text = raw.partition(":")
+    try:
+        step, seconds = int(step_text), float(seconds_text)
+    except ValueError:
+        step, seconds = 0, 0.0
+    if step < 1 or not (0 < seconds < math.inf):
+        raise FaultInjectionError(
+            f"{CHECKPOINT_PAUSE_VARIABLE}='{raw}' is not STEP:SECONDS with a step of at least 1 and "
+            f"a positive number of seconds; write e.g. {CHECKPOINT_PAUSE_VARIABLE}=40:30 or unset it")
+    if environ.get("TORCHELASTIC_RESTART_COUNT", "0").strip() not in ("", "0"):
+        return None  # a restarted attempt resumes; it must not pause again
+    return CheckpointPause(step, seconds)
