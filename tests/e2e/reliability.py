@@ -38,7 +38,8 @@ def render_text(data: dict) -> str:
         "",
         f"Measured by the fault-injection tests (`tests/e2e/test_faults.py`) in a lab of "
         f"{session['lab']['hosts']} simulated hosts (`{session['lab']['name']}`), run started "
-        f"{session['started']}, finished {session.get('finished', '-')}: {passed} of {len(cases)} cases passed.",
+        f"{session['started']}, finished {session.get('finished', '-')}, on commit {session.get('commit', '-')}: "
+        f"{passed} of {len(cases)} cases passed.",
         "",
         f"Machine: {machine['os']}, kernel {machine['kernel']}, {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_gib']} GiB, Docker engine {machine['docker_engine']}, Python {machine['python']}.",
