@@ -47,18 +47,22 @@ train() {
     # (pytorch/pytorch#135712). Without sharing, rank 0 publishes one every round.
     export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 
+    # The rendezvous id names the world's shape: a node that left the inventory but still runs
+    # (its trainer restarting with the old world size) can never join the group of the new one.
+    rendezvous_id="$RUN_ID-${NNODES}x$NPROC_PER_NODE"
+
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
     set -f
     for override in $TRAIN_OVERRIDES; do
         set -- "$@" --set "$override"
     done
-    echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $MASTER_ADDR:$MASTER_PORT, world size $expected_world_size, up to $TORCHRUN_MAX_RESTARTS restart(s)"
+    echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $expected_world_size, up to $TORCHRUN_MAX_RESTARTS restart(s)"
     exec torchrun \
         --nnodes="$NNODES" \
         --nproc-per-node="$NPROC_PER_NODE" \
         --rdzv-backend=c10d \
         --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" \
-        --rdzv-id="$RUN_ID" \
+        --rdzv-id="$rendezvous_id" \
         --rdzv-conf="is_host=$is_host,join_timeout=$TORCHRUN_JOIN_TIMEOUT_S" \
         --local-addr="$NODE_ADDR" \
         --max-restarts="$TORCHRUN_MAX_RESTARTS" \

@@ -1,14 +1,20 @@
 """Scenarios that change the lab, in order: a second run changes nothing, a check run reports
-nothing, a third host joins and the run resumes at world size 3, teardown leaves nothing behind.
+nothing, a third host joins and the run resumes at world size 3, that host leaves the inventory
+and the run resumes at world size 2, teardown leaves nothing behind.
 They run after test_cluster.py (same session lab) and only against the lab, never --inventory."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
 
 from .checks import ARTIFACT_CHECKS, CHECKS
 from .cluster import RUN_ID_LABEL, Cluster
-from .lab import RUN_ID, TRAIN_OVERRIDES, assert_succeeded
+from .lab import PLAYBOOK_VARS, RUN_ID, TRAIN_OVERRIDES, assert_succeeded, run_playbook, timed
 
 
 def rank0_started_at(cluster: Cluster) -> str:
@@ -59,6 +65,55 @@ def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
     rank0 = cluster.rank0_container()
     assert f"resumed from step {before['final_step']}" in cluster.logs(rank0.host, rank0.name), (
         f"{rank0.name}'s log does not say 'resumed from step {before['final_step']}'")
+
+
+def inventory_without(lab, host: str, path) -> Path:
+    """A copy of the lab's inventory (group_vars too) without host."""
+    inventory = Path(shutil.copytree(lab.inventory, path))
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    del hosts["all"]["children"]["cluster"]["children"]["workers"]["hosts"][host]
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    return inventory
+
+
+def wait_until_stopped(cluster: Cluster, name: str, timeout: float = 90) -> dict:
+    """The state of name's trainer container once it no longer runs."""
+    deadline = time.monotonic() + timeout
+    while (state := cluster.trainer_container(name).raw["State"])["Running"] or state["Restarting"]:
+        assert time.monotonic() < deadline, f"{name}: the trainer still runs {timeout:.0f} s after the run ended"
+        time.sleep(2)
+    return state
+
+
+def test_removed_host_leaves_and_run_resumes(lab, artifacts_dir, tmp_path):
+    """The third host leaves the inventory but stays up, and its trainer is started again with the
+    old world size, as a host that missed the change would: the two hosts left train on at world
+    size 2 from the last checkpoint, and the stray trainer cannot take a place in their group."""
+    summary_file = artifacts_dir / RUN_ID / "summary.json"
+    before = json.loads(summary_file.read_text())
+    assert before["world_size"] == 3, f"the summary before the host left: {before}"
+    lab_cluster = Cluster(lab.inventory)
+    leaving = lab_cluster.names[-1]
+    lab_cluster.sh(leaving, "docker start %s", lab_cluster.trainer_container(leaving).name)
+    more_steps = dict(TRAIN_OVERRIDES, max_steps=before["final_step"] + 40)
+
+    inventory = inventory_without(lab, leaving, tmp_path / "inventory")
+    assert_succeeded(timed("site-host-removed", run_playbook, inventory, "site.yml", *PLAYBOOK_VARS, "-e",
+                           json.dumps({"trainer_overrides": more_steps, "trainer_wait_timeout_s": 600}),
+                           log_name="site-host-removed"))
+
+    after = json.loads(summary_file.read_text())
+    assert after["world_size"] == 2, f"summary after the host left: {after}"
+    assert after["final_step"] == more_steps["max_steps"], f"summary after the host left: {after}"
+    assert after["resumed_from_step"] == before["final_step"], (
+        f"the run did not resume from its last checkpoint (step {before['final_step']}): {after}")
+    cluster = Cluster(inventory)
+    for name in cluster.names:
+        state = wait_until_stopped(cluster, name)
+        assert state["ExitCode"] == 0, f"{name}: the trainer exited {state['ExitCode']} after the host left"
+    stray_after = lab_cluster.trainer_container(leaving).raw["State"]
+    assert stray_after["Running"] or stray_after["ExitCode"] != 0, (
+        f"the stray trainer on {leaving} (NNODES=3) finished a run after its host left: {stray_after}")
 
 
 def test_teardown_leaves_no_trainer_or_network(lab, artifacts_dir):

@@ -40,7 +40,7 @@ def test_train_launches_torchrun_with_the_environment(fake_bin):
     words = result.stdout.splitlines()
     assert words[words.index("torchrun"):] == [
         "torchrun", "--nnodes=2", "--nproc-per-node=3", "--rdzv-backend=c10d",
-        "--rdzv-endpoint=trainer-master:29511", "--rdzv-id=r1", "--rdzv-conf=is_host=false,join_timeout=90",
+        "--rdzv-endpoint=trainer-master:29511", "--rdzv-id=r1-2x3", "--rdzv-conf=is_host=false,join_timeout=90",
         "--local-addr=trainer-node-1", "--max-restarts=3", "-m", "chargpt", "train",
         "--data", "/data/input.txt", "--run-dir", "/runs/r1", "--preset", "smoke",
         "--set", "max_steps=10", "--set", "lr=0.01", "--set", "eval_interval=*"]
