@@ -10,6 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int
@@ -20,6 +23,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True  # lm_head shares the token embedding's weights (GPT-2)
+    activation: str = "gelu"  # of the MLP, "gelu" or "relu"; models saved before it was a setting used GELU
 
 
 class CausalSelfAttention(nn.Module):
@@ -48,10 +52,11 @@ class MLP(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.activation = ACTIVATIONS[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        return self.dropout(self.down(self.activation(self.up(x))))
 
 
 class Block(nn.Module):

@@ -56,7 +56,9 @@ def find_resume_state(run_dir: Path, config: TrainConfig, tokenizer: CharTokeniz
         raise ResumeError(f"run directory {run_dir} holds a checkpoint trained on another corpus "
                           "(its vocabulary differs); use a new --run-dir or the same --data")
     expected = model_args(config, tokenizer.vocab_size).__dict__
-    for key, value in state["model_args"].items():
+    # Through GPTConfig, so that a setting the checkpoint predates counts with its old default.
+    saved = GPTConfig(**state["model_args"]).__dict__
+    for key, value in saved.items():
         if expected.get(key) != value and key != "dropout":
             raise ResumeError(f"run directory {run_dir} holds a checkpoint with {key}={value} but the "
                               f"configuration says {key}={expected.get(key)}; use a new --run-dir or "

@@ -65,3 +65,19 @@ def test_stale_temp_files_are_removed(tmp_path):
     (folder / "ckpt-00000010.pt").write_bytes(b"keep")
     checkpoint.remove_stale_temp_files(tmp_path)
     assert os.listdir(folder) == ["ckpt-00000010.pt"]
+
+
+def test_a_checkpoint_from_before_the_activation_setting_counts_as_gelu(tmp_path):
+    from chargpt.config import build_config
+    from chargpt.data import CharTokenizer
+    from chargpt.train import ResumeError, find_resume_state, model_args
+
+    tokenizer = CharTokenizer(["a", "b"])
+    config = build_config("smoke", environ={})
+    saved_args = model_args(config, tokenizer.vocab_size).__dict__
+    del saved_args["activation"]  # as written before the setting existed
+    checkpoint.save_checkpoint(tmp_path, 10, dict(state(10), model_args=saved_args, vocab=tokenizer.chars), keep=1)
+    with pytest.raises(ResumeError, match="activation=gelu but the configuration says activation=relu"):
+        find_resume_state(tmp_path, config, tokenizer)
+    gelu = build_config("smoke", {"activation": "gelu"}, environ={})
+    assert find_resume_state(tmp_path, gelu, tokenizer).state["step"] == 10

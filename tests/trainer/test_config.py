@@ -46,6 +46,7 @@ def test_values_are_parsed_by_type():
     ("cpu", {"val_fraction": "0"}, {}, "val_fraction=0.0 must be between 0 and 1"),
     ("cpu", {"device": "tpu"}, {}, "device='tpu' is not one of"),
     ("cpu", {"lr_schedule": "linear"}, {}, "lr_schedule='linear' is not one of"),
+    ("cpu", {"activation": "tanh"}, {}, "activation='tanh' is not one of: gelu, relu"),
     ("cpu", {"min_lr": "0.5"}, {}, "min_lr=0.5 must not exceed lr"),
     ("cpu", {"dist_timeout_s": "0"}, {}, "dist_timeout_s=0.0 must be positive"),
     ("cpu", {"warmup_steps": "-2"}, {}, "warmup_steps=-2 must not be negative"),

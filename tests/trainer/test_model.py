@@ -93,9 +93,19 @@ def test_untied_lm_head_has_its_own_weights():
 
 
 def test_every_model_setting_reaches_the_model():
-    config = build_config("cpu", {"n_layer": "3", "bias": "false", "tie_embeddings": "true"})
+    config = build_config("cpu", {"n_layer": "3", "bias": "false", "tie_embeddings": "true", "activation": "relu"})
     args = model_args(config, vocab_size=65)
     model_fields = {field.name for field in dataclasses.fields(GPTConfig)} - {"vocab_size"}
     assert {name: getattr(args, name) for name in model_fields} == {
         name: getattr(config, name) for name in model_fields}
     assert model_args(build_config("cpu"), vocab_size=65).tie_embeddings is False
+
+
+def test_relu_activation_cuts_negative_values():
+    torch.manual_seed(0)
+    gelu, relu = small_model(), small_model(activation="relu")
+    relu.load_state_dict(gelu.state_dict())
+    x = torch.randn(2, 8, 32)
+    hidden = relu.blocks[0].mlp.up(x)
+    assert torch.equal(relu.blocks[0].mlp(x), relu.blocks[0].mlp.down(hidden.clamp(min=0)))
+    assert not torch.allclose(gelu.blocks[0].mlp(x), relu.blocks[0].mlp(x))
