@@ -204,7 +204,9 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
     del state
     trained = model
     if env.is_distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Gradients as views of the all-reduce buckets: no copy into and out of them every step.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        gradient_as_bucket_view=True)
     if config.compile:
         model = torch.compile(model)
     autocast = autocast_context(config, device)
