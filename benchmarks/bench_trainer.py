@@ -4,9 +4,12 @@
    was (one module per attention head, a Python loop over the heads, masked softmax by hand), both
    at the `cpu` preset's shapes with the same thread count; and the ratio (target >= 1.3x).
 2. The wall time to val loss <= 1.89 on tiny-shakespeare with the `cpu` preset, as the real CLI
-   trains it, median of 3 runs (target: within 2000 steps and under 80 s of training).
+   trains it, median of 3 runs (target: within 2000 steps and under 80 s of training). By default
+   the runs are DDP runs of one single-threaded rank per core (`torchrun --nproc-per-node <cores>`),
+   the fastest layout on a few CPU cores; `--nproc 1` times one process that uses every core.
 
-    python benchmarks/bench_trainer.py [--data PATH] [--runs 3] [--skip-throughput] [--skip-convergence]
+    python benchmarks/bench_trainer.py [--data PATH] [--runs 3] [--nproc N] [--set KEY=VALUE ...]
+                                       [--skip-throughput] [--skip-convergence]
 """
 
 from __future__ import annotations
@@ -187,15 +190,21 @@ def throughput(data: Path, trials: int, steps: int) -> None:
               "(target >= 1.3x)")
 
 
-def convergence(data: Path, runs: int) -> None:
-    print(f"== time to val loss <= {TARGET_VAL_LOSS} with the cpu preset, {runs} runs of the real CLI")
+def convergence(data: Path, runs: int, nproc: int, assignments: list[str]) -> None:
+    layout = "one process" if nproc == 1 else f"torchrun --nproc-per-node {nproc} (Gloo)"
+    extra = f" with --set {' '.join(assignments)}" if assignments else ""
+    print(f"== time to val loss <= {TARGET_VAL_LOSS} with the cpu preset{extra}, {runs} runs of the real CLI, {layout}")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] \
+        if nproc > 1 else [sys.executable]
     reached, walls = [], []
     with tempfile.TemporaryDirectory(prefix="chargpt-bench-") as scratch:
         for run in range(runs):
             run_dir = Path(scratch) / f"run{run}"
             seed = 1337 + run
-            command = [sys.executable, "-m", "chargpt", "train", "--data", str(data), "--preset", "cpu",
+            command = [*launcher, "-m", "chargpt", "train", "--data", str(data), "--preset", "cpu",
                        "--run-dir", str(run_dir), "--set", f"seed={seed}"]
+            for assignment in assignments:
+                command += ["--set", assignment]
             env = {key: value for key, value in os.environ.items() if not key.startswith("CHARGPT_")}
             env["PYTHONPATH"] = str(REPO_ROOT / "app")
             started = time.perf_counter()
@@ -224,6 +233,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--nproc", type=int, default=len(os.sched_getaffinity(0)),
+                        help="ranks of the convergence runs (default: one per usable core)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the convergence runs, e.g. eval_interval=50 (repeatable)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-convergence", action="store_true")
     args = parser.parse_args()
@@ -231,7 +244,7 @@ def main() -> None:
     if not args.skip_throughput:
         throughput(args.data, args.trials, args.steps)
     if not args.skip_convergence:
-        convergence(args.data, args.runs)
+        convergence(args.data, args.runs, args.nproc, args.assignments)
     print(f"load average {os.getloadavg()[0]:.2f} at the end (other work on this machine skews timings)")
 
 
