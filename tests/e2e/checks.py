@@ -113,13 +113,13 @@ def check_overlay_reaches_across_hosts(cluster: Cluster) -> None:
     probes = {name: f"chargpt-e2e-probe-{name}" for name in cluster.names}
     try:
         for name, probe in probes.items():
-            cluster.sh(name, "docker rm -f %s >/dev/null 2>&1; docker run -d --rm --name %s --hostname %s "
-                       "--network %s --user 10001:10001 --entrypoint python3 %s -c %s",
-                       probe, probe, probe, network, image, PROBE_SERVER)
+            cluster.host(name).run("docker rm -f %s", probe)
+            cluster.docker_run(name, "-d --rm --name %s --hostname %s --network %s --user 10001:10001 "
+                               "--entrypoint python3 %s -c %s", probe, probe, network, image, PROBE_SERVER)
         for name in cluster.names:
             others = [probe for other, probe in probes.items() if other != name]
-            answers = cluster.sh(name, "docker run --rm --network %s --user 10001:10001 --entrypoint python3 %s -c %s "
-                                 + " ".join(map(shlex.quote, others)), network, image, PROBE_CLIENT)
+            answers = cluster.docker_run(name, "--rm --network %s --user 10001:10001 --entrypoint python3 %s -c %s "
+                                         + " ".join(map(shlex.quote, others)), network, image, PROBE_CLIENT)
             for probe in others:
                 assert f"{probe} {probe}" in answers, f"{name} did not reach {probe} over {network}: {answers}"
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,12 @@ RUN_ID_LABEL = "org.chargpt.run-id"
 NODE_RANK_LABEL = "org.chargpt.node-rank"
 WORLD_SIZE_LABEL = "org.chargpt.world-size"
 INVENTORY_HOST_LABEL = "org.chargpt.inventory-host"
+# `docker run` exit status and message when runc failed to set a container up; under load in the
+# nested lab engines this happens now and then (runc's "read init-p: connection reset by peer")
+# and a second attempt starts the same container.
+DOCKER_RUN_FAILED = 125
+RUNTIME_CREATE_FAILED = "OCI runtime create failed"
+RUNTIME_CREATE_ATTEMPTS = 3
 # Role defaults the checks need when the inventory does not override them.
 DEFAULTS = {
     "overlay_network_name": "pytorch-dist-overlay-net",
@@ -84,6 +91,18 @@ class Cluster:
     def sh(self, name: str, command: str, *args) -> str:
         """Run a command on a host; fail with its output when it does not succeed."""
         result = self.host(name).run(command, *args)
+        assert result.rc == 0, f"{name}: `{result.command}` exited {result.rc}: {result.stderr or result.stdout}"
+        return result.stdout
+
+    def docker_run(self, name: str, arguments: str, *args) -> str:
+        """`docker run <arguments>` on a host, again when the runtime failed to create the container."""
+        for attempt in range(1, RUNTIME_CREATE_ATTEMPTS + 1):
+            result = self.host(name).run("docker run " + arguments, *args)
+            transient = result.rc == DOCKER_RUN_FAILED and RUNTIME_CREATE_FAILED in result.stderr
+            if not transient or attempt == RUNTIME_CREATE_ATTEMPTS:
+                break
+            print(f"{name}: docker run attempt {attempt}: {result.stderr.strip()}; trying again")
+            time.sleep(2)
         assert result.rc == 0, f"{name}: `{result.command}` exited {result.rc}: {result.stderr or result.stdout}"
         return result.stdout
 
