@@ -231,6 +231,7 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
     started = time.perf_counter()
     window_started, window_steps, window_loss = started, 0, torch.zeros((), device=device)
     tokens_per_s = 0.0
+    eval_seconds = 0.0  # of elapsed: evaluating, not training
     val_loss = None
     for step in range(start_step, config.max_steps):
         window_loss += train_step(model, optimizer, corpus, config, step, micro_batch, accumulation,
@@ -254,10 +255,11 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
         if done % config.eval_interval == 0 or last:
             eval_started = time.perf_counter()
             train_eval, val_loss = evaluate(trained, corpus, config, env, done, micro_batch, device, autocast)
+            eval_seconds += time.perf_counter() - eval_started
             if env.is_main:
                 record = {"step": done, "train_loss": round(train_eval, 5), "val_loss": round(val_loss, 5),
                           "lr": learning_rate(config, step), "tokens_per_s": round(tokens_per_s, 1),
-                          "elapsed_s": round(time.perf_counter() - started, 3)}
+                          "elapsed_s": round(time.perf_counter() - started, 3), "eval_s": round(eval_seconds, 3)}
                 with open(run_dir / "metrics.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 log(f"eval step {done}: train loss {train_eval:.4f}, val loss {val_loss:.4f} "

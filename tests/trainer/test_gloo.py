@@ -94,6 +94,9 @@ def test_two_ranks_learn_and_a_killed_run_resumes_to_the_same_parameters(corpus_
     assert "GLOO_SOCKET_IFNAME=auto: using interface lo" in log
     metrics = read_metrics(uninterrupted)
     assert [record["step"] for record in metrics] == list(range(50, STEPS + 1, 50))
+    eval_seconds = [record["eval_s"] for record in metrics]
+    assert 0 < eval_seconds[0] and eval_seconds == sorted(eval_seconds), metrics
+    assert eval_seconds[-1] < metrics[-1]["elapsed_s"], metrics
     # From ln(65) = 4.17 untrained, through the unigram plateau (about 3.3), to bigram-like text.
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.1, metrics
     assert metrics[-1]["val_loss"] < 2.6, metrics
