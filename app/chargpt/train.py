@@ -255,7 +255,8 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
         if done % config.eval_interval == 0 or last:
             eval_started = time.perf_counter()
             train_eval, val_loss = evaluate(trained, corpus, config, env, done, micro_batch, device, autocast)
-            eval_seconds += time.perf_counter() - eval_started
+            eval_took = time.perf_counter() - eval_started
+            eval_seconds += eval_took
             if env.is_main:
                 record = {"step": done, "train_loss": round(train_eval, 5), "val_loss": round(val_loss, 5),
                           "lr": learning_rate(config, step), "tokens_per_s": round(tokens_per_s, 1),
@@ -263,8 +264,8 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
                 with open(run_dir / "metrics.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 log(f"eval step {done}: train loss {train_eval:.4f}, val loss {val_loss:.4f} "
-                    f"({time.perf_counter() - eval_started:.1f}s)")
-            window_started += time.perf_counter() - eval_started
+                    f"({eval_took:.1f}s)")
+            window_started += time.perf_counter() - eval_started  # the metrics write too
         if done % config.checkpoint_interval == 0 or last:
             save_checkpoint(run_dir, trained, optimizer, config, corpus.tokenizer, done, generator,
                             env, device, pause if pause and pause.step == done else None)
