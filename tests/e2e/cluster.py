@@ -90,9 +90,7 @@ class Cluster:
 
     def sh(self, name: str, command: str, *args) -> str:
         """Run a command on a host; fail with its output when it does not succeed."""
-        result = self.host(name).run(command, *args)
-        assert result.rc == 0, f"{name}: `{result.command}` exited {result.rc}: {result.stderr or result.stdout}"
-        return result.stdout
+        return self._stdout(name, self.host(name).run(command, *args))
 
     def docker_run(self, name: str, arguments: str, *args) -> str:
         """`docker run <arguments>` on a host, again when the runtime failed to create the container."""
@@ -103,6 +101,11 @@ class Cluster:
                 break
             print(f"{name}: docker run attempt {attempt}: {result.stderr.strip()}; trying again")
             time.sleep(2)
+        return self._stdout(name, result)
+
+    @staticmethod
+    def _stdout(name: str, result) -> str:
+        """A command's output; fail with its output when it did not succeed."""
         assert result.rc == 0, f"{name}: `{result.command}` exited {result.rc}: {result.stderr or result.stdout}"
         return result.stdout
 
