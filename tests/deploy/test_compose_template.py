@@ -53,7 +53,7 @@ def test_ranks_world_size_and_master_address(tmp_path, hosts):
         assert env["NODE_RANK"] == str(rank)
         assert env["NNODES"] == str(hosts)
         assert env["NPROC_PER_NODE"] == "1"
-        assert env["WORLD_SIZE"] == str(hosts)
+        assert "WORLD_SIZE" not in env  # torchrun derives it from NNODES and NPROC_PER_NODE
         assert env["MASTER_ADDR"] == "chargpt-master"
         assert env["MASTER_PORT"] == "29500"
         assert env["GLOO_SOCKET_IFNAME"] == "auto"
@@ -87,25 +87,27 @@ def test_container_is_confined_and_attached_to_the_overlay(tmp_path):
     assert volumes["/data"]["source"] == "/srv/chargpt/data" and volumes["/data"]["read_only"] is True
     assert volumes["/runs"]["source"] == "/srv/chargpt/runs"
     env = service["environment"]
-    assert (env["RUN_ID"], env["TRAIN_PRESET"], env["TRAIN_OVERRIDES"]) == ("shakespeare-cpu", "cpu", "")
+    assert (env["RUN_ID"], env["TRAIN_PRESET"]) == ("shakespeare-cpu", "cpu")
+    assert not [name for name in env if name.startswith("CHARGPT_")]
     assert (env["TRAIN_DATA"], env["RUN_ROOT"], env["TORCHRUN_MAX_RESTARTS"]) == ("/data/input.txt", "/runs", "3")
 
 
 def test_settings_reach_every_host(tmp_path):
     files = render(tmp_path, ["node1"], ["node2", "node3"], group_vars={
-        "trainer_nproc_per_node": 2, "trainer_master_port": 29600, "trainer_preset": "smoke",
-        "trainer_run_id": "run-7", "trainer_overrides": {"max_steps": 100, "lr": 0.001},
+        "cluster_nproc_per_node": 2, "trainer_master_port": 29600, "trainer_preset": "smoke",
+        "trainer_run_id": "run-7", "trainer_overrides": {"max_steps": 100, "lr": 0.001, "compile": True},
         "trainer_gpus": "all", "trainer_restart_max_retries": 5, "trainer_torchrun_max_restarts": 2,
-        "trainer_memory_limit": "2g", "overlay_network_name": "other-net", "trainer_torchrun_join_timeout_s": 90,
+        "trainer_memory_limit": "2g", "cluster_overlay_network": "other-net", "trainer_torchrun_join_timeout_s": 90,
         "trainer_environment": {"TRAIN_FAULT_CHECKPOINT_PAUSE": "100:30", "OMP_NUM_THREADS": 2}})
     for rank, name in enumerate(["node1", "node2", "node3"]):
         service = files[name]["services"]["trainer"]
         env = service["environment"]
-        assert (env["NODE_RANK"], env["NNODES"], env["NPROC_PER_NODE"], env["WORLD_SIZE"]) == (
-            str(rank), "3", "2", "6")
+        assert (env["NODE_RANK"], env["NNODES"], env["NPROC_PER_NODE"]) == (str(rank), "3", "2")
+        assert service["labels"]["org.chargpt.world-size"] == "6"
         assert env["MASTER_PORT"] == "29600"
         assert (env["RUN_ID"], env["TRAIN_PRESET"]) == ("run-7", "smoke")
-        assert env["TRAIN_OVERRIDES"] == "max_steps=100 lr=0.001"
+        # Each override is its own variable, read by the trainer's config code.
+        assert (env["CHARGPT_MAX_STEPS"], env["CHARGPT_LR"], env["CHARGPT_COMPILE"]) == ("100", "0.001", "True")
         assert env["TORCHRUN_MAX_RESTARTS"] == "2"
         assert env["TORCHRUN_JOIN_TIMEOUT_S"] == "90"
         assert (env["TRAIN_FAULT_CHECKPOINT_PAUSE"], env["OMP_NUM_THREADS"]) == ("100:30", "2")
@@ -119,8 +121,8 @@ def test_settings_reach_every_host(tmp_path):
 def test_host_rank_and_interface_overrides(tmp_path):
     # node3 is listed before node2 but asks for rank 1; node2 takes rank 2. Interfaces differ per host.
     files = render(tmp_path, ["node1"], ["node3", "node2"], host_vars={
-        "node3": {"trainer_node_rank": 1, "trainer_gloo_socket_ifname": "eth1"},
-        "node2": {"trainer_node_rank": 2}})
+        "node3": {"cluster_node_rank": 1, "trainer_gloo_socket_ifname": "eth1"},
+        "node2": {"cluster_node_rank": 2}})
     env = {name: files[name]["services"]["trainer"]["environment"] for name in files}
     assert (env["node1"]["NODE_RANK"], env["node3"]["NODE_RANK"], env["node2"]["NODE_RANK"]) == ("0", "1", "2")
     assert env["node3"]["GLOO_SOCKET_IFNAME"] == "eth1"

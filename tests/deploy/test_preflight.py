@@ -64,31 +64,46 @@ def test_manager_outside_the_cluster(tmp_path):
     ({"node1": 1, "node2": 0}, '"node1": 1, "node2": 0'),    # master not at 0
 ])
 def test_bad_ranks(tmp_path, ranks, shown):
-    host_vars = {name: {"trainer_node_rank": rank} for name, rank in ranks.items()}
+    host_vars = {name: {"cluster_node_rank": rank} for name, rank in ranks.items()}
     assert_stopped(preflight(tmp_path, workers=["node2", "node3"], host_vars=host_vars),
                    "The node ranks", shown, "must be 0..2, each once, with the master at 0")
 
 
 @pytest.mark.parametrize("name, value, expected", [
-    ("trainer_wait", "yes", "true or false"),
-    ("trainer_node_rank", "1", "an integer"),
-    ("trainer_nproc_per_node", 0, "an integer of at least 1"),
+    ("cluster_nproc_per_node", 0, "an integer of at least 1"),
     ("trainer_master_port", 70000, "an integer from 1 to 65535"),
     ("trainer_overrides", "max_steps=5", "a mapping"),
     ("trainer_gpus", "some", 'or "all"'),
     ("trainer_torchrun_max_restarts", -1, "an integer of at least 0"),
-    ("trainer_torchrun_join_timeout_s", "600", "an integer of at least 1 (seconds)"),
+    ("trainer_torchrun_join_timeout_s", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_start_limit_burst", 0, "an integer of at least 1"),
 ])
-def test_wrong_types(tmp_path, name, value, expected):
+def test_values_out_of_range(tmp_path, name, value, expected):
     assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
                    f"{name} is", "on node2; it must be", expected)
 
 
-def test_string_posing_as_boolean_for_the_overlay(tmp_path):
-    assert_stopped(preflight(tmp_path, group_vars={"overlay_network_encrypted": "no"}),
-                   "overlay_network_encrypted is \"no\", not a boolean")
+@pytest.mark.parametrize("name, value, kind", [
+    ("trainer_wait", "maybe", "bool"),
+    ("cluster_node_rank", "one", "int"),
+    ("cluster_nproc_per_node", "two", "int"),
+    ("trainer_torchrun_join_timeout_s", "600s", "int"),
+    ("trainer_environment", ["OMP_NUM_THREADS=2"], "dict"),
+    ("overlay_network_encrypted", "maybe", "bool"),
+])
+def test_wrong_types_are_refused_by_the_argument_specs(tmp_path, name, value, kind):
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
+                   "Validation of arguments failed", f"argument '{name}' is of type",
+                   f"unable to convert to {kind}")
+
+
+def test_values_the_argument_specs_convert_work(tmp_path):
+    """A number or boolean written as a string means what it says (the roles convert it where they use it)."""
+    host_vars = {"node2": {"cluster_node_rank": "1", "cluster_nproc_per_node": "1", "trainer_wait": "no",
+                           "trainer_torchrun_join_timeout_s": "600", "overlay_network_encrypted": "false"}}
+    result = preflight(tmp_path, host_vars=host_vars)
+    assert result.returncode == 0, output(result)
 
 
 def test_encrypted_overlay_without_kernel_support(tmp_path):
@@ -103,10 +118,21 @@ def test_encrypted_overlay_without_kernel_support(tmp_path):
     ({"1BAD": "x"}, '["1BAD"] are not variable names'),
     ({"NODE_RANK": 3}, '["NODE_RANK"] are set by the role itself'),
     ({"OMP_NUM_THREADS": [2]}, 'the values of ["OMP_NUM_THREADS"] are not strings or numbers'),
+    ({"CHARGPT_MAX_STEPS": 10}, '["CHARGPT_MAX_STEPS"] are trainer config keys (set them in trainer_overrides'),
 ])
 def test_bad_trainer_environment(tmp_path, environment, shown):
     assert_stopped(preflight(tmp_path, group_vars={"trainer_environment": environment}),
                    "trainer_environment on node1 is wrong", shown, "fix these entries in the inventory")
+
+
+@pytest.mark.parametrize("overrides, shown", [
+    ({"max-steps": 10}, '["max-steps"] are not config keys'),
+    ({"MAX_STEPS": 10}, '["MAX_STEPS"] are not config keys'),
+    ({"lr": [0.1]}, 'the values of ["lr"] are not strings, numbers or booleans'),
+])
+def test_bad_trainer_overrides(tmp_path, overrides, shown):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_overrides": overrides}),
+                   "trainer_overrides on node1 is wrong", shown, "CHARGPT_<KEY>")
 
 
 def test_trainer_environment_passes(tmp_path):
@@ -116,8 +142,8 @@ def test_trainer_environment_passes(tmp_path):
 
 
 def test_processes_per_node_differ(tmp_path):
-    assert_stopped(preflight(tmp_path, host_vars={"node2": {"trainer_nproc_per_node": 2}}),
-                   "trainer_nproc_per_node differs between hosts")
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {"cluster_nproc_per_node": 2}}),
+                   "cluster_nproc_per_node differs between hosts")
 
 
 def test_interface_that_does_not_exist(tmp_path):

@@ -3,6 +3,8 @@ role settings kept in step with their argument specs."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 
 import pytest
@@ -10,10 +12,12 @@ import yaml
 
 from .helpers import REPO, ansible_env, tool
 
-ROLES = ["docker", "swarm", "overlay_network", "trainer"]
+ROLES = ["cluster", "validate_inventory", "docker", "swarm", "overlay_network", "trainer"]
+STAGES = ["docker", "swarm", "overlay_network", "trainer"]
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "playbooks/site.yml", "playbooks/teardown.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "playbooks/site.yml", "playbooks/teardown.yml", "playbooks/layout.yml",
+                                      *[f"playbooks/{stage}.yml" for stage in STAGES]])
 def test_playbook_syntax(playbook):
     result = subprocess.run(
         [tool("ansible-playbook"), "--syntax-check", "-i", "inventory/example/hosts.yml", playbook],
@@ -36,7 +40,8 @@ def test_yamllint():
 @pytest.mark.parametrize("role", ROLES)
 def test_role_settings_match_argument_specs(role):
     """Every default is declared in meta/argument_specs.yml and every declared option has a default."""
-    defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    defaults_file = REPO / "roles" / role / "defaults" / "main.yml"
+    defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
     specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
     options = specs["argument_specs"]["main"]["options"]
     assert sorted(defaults) == sorted(options)
@@ -47,18 +52,49 @@ def test_role_settings_match_argument_specs(role):
             assert spec["default"] == defaults[name], f"{name}: spec default differs from defaults/main.yml"
 
 
+def imported(playbook: str) -> list[str]:
+    return [play["ansible.builtin.import_playbook"] for play in yaml.safe_load((REPO / playbook).read_text())]
+
+
 def test_site_checks_before_it_changes_anything():
-    root = yaml.safe_load((REPO / "site.yml").read_text())
-    assert [play["ansible.builtin.import_playbook"] for play in root] == ["playbooks/site.yml"]
-    stages = [play["ansible.builtin.import_playbook"]
-              for play in yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())]
-    assert stages == ["preflight.yml", "docker.yml", "swarm.yml", "overlay_network.yml", "trainer.yml"]
+    assert imported("site.yml") == ["playbooks/site.yml"]
+    assert imported("playbooks/site.yml") == ["preflight.yml", *[f"stages/{stage}.yml" for stage in STAGES]]
     preflight = yaml.safe_load((REPO / "playbooks" / "preflight.yml").read_text())
     assert all(play["any_errors_fatal"] for play in preflight)
     assert all("become" not in play for play in preflight)
-    for stage in stages[1:]:
-        plays = yaml.safe_load((REPO / "playbooks" / stage).read_text())
+    assert preflight[0]["roles"][0] == {"role": "validate_inventory"}
+    for stage in STAGES:
+        plays = yaml.safe_load((REPO / "playbooks" / "stages" / f"{stage}.yml").read_text())
         assert all(play.get("any_errors_fatal") for play in plays), f"{stage}: a failed host must stop every host"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_alone_runs_the_preflight_first(stage):
+    assert imported(f"playbooks/{stage}.yml") == ["preflight.yml", f"stages/{stage}.yml"]
+
+
+def test_teardown_checks_the_inventory_first():
+    first = yaml.safe_load((REPO / "playbooks" / "teardown.yml").read_text())[0]
+    assert first["roles"] == [{"role": "validate_inventory"}] and first["any_errors_fatal"]
+
+
+@pytest.mark.parametrize("role", ["validate_inventory", "swarm", "overlay_network", "trainer"])
+def test_roles_read_the_layout_from_the_cluster_role(role):
+    meta = yaml.safe_load((REPO / "roles" / role / "meta" / "main.yml").read_text())
+    assert {"role": "cluster"} in meta["dependencies"]
+
+
+# How the layout is derived from the inventory; only roles/cluster may do it.
+LAYOUT_DERIVATIONS = [r"groups\[[^\]]+\]\s*\[0\]", r"groups\[[^\]]+\][^}]*\|\s*first", r"\.index\(inventory_hostname\)",
+                      r"-rank(\{\{|0\b)", r"-master\b", r"\|\s*length\s*\*", r"node_order\s*\[0\]"]
+
+
+def test_the_layout_is_derived_only_in_the_cluster_role():
+    files = [path for folder in ("roles", "playbooks", "templates") for path in (REPO / folder).rglob("*")
+             if path.suffix in (".yml", ".j2") and "roles/cluster/" not in path.as_posix()]
+    found = [f"{path.relative_to(REPO)}: {match.group(0)!r}" for path in files
+             for pattern in LAYOUT_DERIVATIONS for match in re.finditer(pattern, path.read_text())]
+    assert not found, "derive these in roles/cluster/defaults/main.yml and read them from there:\n" + "\n".join(found)
 
 
 def test_tasks_that_carry_swarm_tokens_log_nothing():
@@ -72,3 +108,47 @@ def test_tasks_that_carry_swarm_tokens_log_nothing():
                 carrying.append(task["name"])
                 assert task.get("no_log") is True, f"{tasks_file}: '{task['name']}' must set no_log: true"
     assert len(carrying) >= 4
+
+
+def readme_settings() -> dict[str, str]:
+    """{setting: default as the README's settings table shows it}."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| setting | default | what |"):].split("\n\n", 1)[0].splitlines()[2:]
+    shown = {}
+    for row in table:
+        names, defaults = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        names = re.findall(r"`([a-z_]+)`", names)
+        values = [value.strip() for value in defaults.split(",")] if len(names) > 1 else [defaults]
+        assert len(values) == len(names), f"README row {row!r}: one default per setting"
+        shown.update(zip(names, values))
+    return shown
+
+
+def role_defaults() -> dict:
+    defaults = {}
+    for path in (REPO / "roles").glob("*/defaults/main.yml"):
+        defaults.update(yaml.safe_load(path.read_text()))
+    return defaults
+
+
+def as_shown(value) -> str:
+    """How the README writes a literal default."""
+    if value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, (dict, list)) and not value:
+        return f"`{json.dumps(value)}`"
+    return f"`{value}`"
+
+
+def test_readme_settings_table_matches_the_role_defaults():
+    """Every setting the README lists exists, and a literal default is shown as the role has it
+    (a derived default, like the run id or the artifacts folder, is described in words)."""
+    defaults = role_defaults()
+    for name, shown in readme_settings().items():
+        assert name in defaults, f"the README lists {name}, which no role has (renamed or removed?)"
+        value = defaults[name]
+        if isinstance(value, str) and "{{" in value or isinstance(value, (dict, list)) and value:
+            continue
+        assert shown == as_shown(value), f"the README shows {name} defaulting to {shown}; the role says {as_shown(value)}"
