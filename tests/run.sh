@@ -12,7 +12,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 start=$SECONDS
 status=0
-# Paths among the arguments (tests/trainer, tests/e2e/test_faults.py::case) choose what runs;
+# Paths among the arguments (tests/trainer, tests/e2e/test_faults_processes.py::case) choose what runs;
 # without one, every test under tests/ runs.
 targets=(tests)
 for arg in "$@"; do

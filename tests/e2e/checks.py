@@ -8,6 +8,8 @@ import hashlib
 import re
 import shlex
 
+from harness.roles import role_default
+
 from .cluster import (INVENTORY_HOST_LABEL, NODE_RANK_LABEL, WORLD_SIZE_LABEL, Cluster, read_metrics,
                       world_sizes_logged)
 
@@ -80,7 +82,7 @@ def check_swarm(cluster: Cluster) -> None:
         assert state == "active", f"swarm state is {state!r}"
     each_host(cluster, check)
 
-    manager = cluster.managers[0]
+    manager = cluster.first_manager
     ids = cluster.sh(manager, "docker node ls -q").split()
     nodes = {}
     for node in cluster.docker_json(manager, "node", "inspect", *ids):
@@ -99,8 +101,8 @@ def check_swarm(cluster: Cluster) -> None:
 
 
 def check_overlay_network(cluster: Cluster) -> None:
-    network_name = cluster.setting("overlay_network_name")
-    [network] = cluster.docker_json(cluster.managers[0], "network", "inspect", network_name)
+    network_name = cluster.overlay_network
+    [network] = cluster.docker_json(cluster.first_manager, "network", "inspect", network_name)
     assert network["Driver"] == "overlay", f"{network_name} has driver {network['Driver']}"
     assert network["Scope"] == "swarm", f"{network_name} has scope {network['Scope']}"
     assert network["Attachable"] is True, f"{network_name} is not attachable"
@@ -108,18 +110,20 @@ def check_overlay_network(cluster: Cluster) -> None:
 
 def check_overlay_reaches_across_hosts(cluster: Cluster) -> None:
     """A container of the trainer image on every host answers one on every other host."""
-    network = cluster.setting("overlay_network_name")
+    network = cluster.overlay_network
     image = cluster.rank0_container().raw["Config"]["Image"]
+    # The trainer's user: the probes run as the trainers do.
+    user = f"{role_default('trainer', 'trainer_uid')}:{role_default('trainer', 'trainer_gid')}"
     probes = {name: f"chargpt-e2e-probe-{name}" for name in cluster.names}
     try:
         for name, probe in probes.items():
             cluster.host(name).run("docker rm -f %s", probe)
-            cluster.docker_run(name, "-d --rm --name %s --hostname %s --network %s --user 10001:10001 "
-                               "--entrypoint python3 %s -c %s", probe, probe, network, image, PROBE_SERVER)
+            cluster.docker_run(name, "-d --rm --name %s --hostname %s --network %s --user %s "
+                               "--entrypoint python3 %s -c %s", probe, probe, network, user, image, PROBE_SERVER)
         for name in cluster.names:
             others = [probe for other, probe in probes.items() if other != name]
-            answers = cluster.docker_run(name, "--rm --network %s --user 10001:10001 --entrypoint python3 %s -c %s "
-                                         + " ".join(map(shlex.quote, others)), network, image, PROBE_CLIENT)
+            answers = cluster.docker_run(name, "--rm --network %s --user %s --entrypoint python3 %s -c %s "
+                                         + " ".join(map(shlex.quote, others)), network, user, image, PROBE_CLIENT)
             for probe in others:
                 assert f"{probe} {probe}" in answers, f"{name} did not reach {probe} over {network}: {answers}"
     finally:
@@ -172,7 +176,7 @@ def check_world_size(cluster: Cluster) -> None:
     assert logged, f"{rank0.name}'s log has no world_size=N line"
     assert set(logged) == {cluster.world_size}, (
         f"{rank0.name} logged world_size={logged}, the inventory has {len(cluster)} hosts "
-        f"x {cluster.setting('trainer_nproc_per_node')} processes")
+        f"x {cluster.nproc_per_node} processes")
 
 
 def check_rank0_outputs_on_master(cluster: Cluster) -> None:

@@ -1,5 +1,6 @@
-"""A deployed cluster as the checks see it: the Ansible inventory, a testinfra host per
-inventory host, and the Docker objects the roles create on them (read-only helpers)."""
+"""A deployed cluster as the checks see it: its layout as the roles derive it from the Ansible
+inventory (playbooks/layout.yml), a testinfra host per inventory host, and the Docker objects the
+roles create on them (read-only helpers)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testinfra.utils.ansible_runner import AnsibleRunner, itergroup
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+from harness.roles import layout
 
 # What the roles put on the Docker objects they create (templates/compose.yml.j2, roles/swarm).
 RUN_ID_LABEL = "org.chargpt.run-id"
@@ -23,11 +26,6 @@ INVENTORY_HOST_LABEL = "org.chargpt.inventory-host"
 DOCKER_RUN_FAILED = 125
 RUNTIME_CREATE_FAILED = "OCI runtime create failed"
 RUNTIME_CREATE_ATTEMPTS = 3
-# Role defaults the checks need when the inventory does not override them.
-DEFAULTS = {
-    "overlay_network_name": "pytorch-dist-overlay-net",
-    "trainer_nproc_per_node": 1,
-}
 
 
 @dataclass(frozen=True)
@@ -51,18 +49,24 @@ class Container:
 
 
 class Cluster:
-    """The hosts of an inventory's `cluster` group, in node-rank order."""
+    """The hosts of an inventory's cluster, in node-rank order, with the layout the roles derive
+    for them (harness.roles.layout: node ranks, world size, container names, overlay, managers)."""
 
     def __init__(self, inventory: str | Path):
         self.inventory = Path(inventory).resolve()
         self.runner = AnsibleRunner(str(self.inventory))
-        groups = self.runner.inventory
-        masters = list(dict.fromkeys(itergroup(groups, "master")))
-        assert len(masters) == 1, f"{self.inventory}: the group 'master' must hold exactly one host, has {masters}"
-        self.master = masters[0]
-        self.workers = [h for h in dict.fromkeys(itergroup(groups, "workers")) if h != self.master]
-        self.managers = list(dict.fromkeys(itergroup(groups, "managers")))
-        self.names = sorted([self.master, *self.workers], key=self.rank)
+        self.layout = layout(self.inventory)
+        assert self.layout, f"{self.inventory}: no host in the cluster"
+        self.names = sorted(self.layout, key=self.rank)
+        shared = self.layout[self.names[0]]
+        self.master = shared["master"]
+        assert self.master == self.names[0], (
+            f"{self.inventory}: the master {self.master!r} is not the host of node rank 0 ({self.names[0]})")
+        self.managers: list[str] = shared["managers"]
+        self.first_manager: str = shared["first_manager"]
+        self.world_size: int = shared["world_size"]
+        self.nproc_per_node: int = shared["nproc_per_node"]
+        self.overlay_network: str = shared["overlay_network"]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -70,19 +74,12 @@ class Cluster:
     def hostvars(self, name: str) -> dict:
         return self.runner.get_variables(name)
 
-    def setting(self, key: str, name: str | None = None):
-        """An inventory variable of a host (the master by default), else the role default."""
-        return self.hostvars(name or self.master).get(key, DEFAULTS.get(key))
-
     def rank(self, name: str) -> int:
-        explicit = self.runner.get_variables(name).get("trainer_node_rank")
-        if explicit is not None:
-            return int(explicit)
-        return [self.master, *self.workers].index(name)
+        return self.layout[name]["node_rank"]
 
-    @property
-    def world_size(self) -> int:
-        return len(self) * int(self.setting("trainer_nproc_per_node"))
+    def trainer_container_name(self, name: str) -> str:
+        """The name of host name's trainer container."""
+        return self.layout[name]["trainer_container"]
 
     @functools.cache
     def host(self, name: str):

@@ -1,5 +1,6 @@
 """Fixtures of the end-to-end tests: a lab of simulated hosts converged with site.yml once per
-session, or, with `--inventory PATH`, a cluster of the user's that is already deployed."""
+session, or, with `--inventory PATH`, a cluster of the user's that is already deployed; and the
+fault-injection tests' lab of their own."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.playbook import assert_succeeded
+
 from .cluster import Cluster
-from .lab import KEEP_LAB, LAB_NAME, RUN_ID, TIMINGS, Lab, assert_succeeded, timed
+from .fault_lab import fault_lab_session
+from .lab import KEEP_LAB, LAB_NAME, RUN_ID, TIMINGS, Lab, timed
 
 
 # Registered here, not in tests/conftest.py: a top-level conftest.py would shadow the `conftest`
@@ -60,6 +64,16 @@ def inventory_path(pytestconfig, request) -> Path:
 @pytest.fixture(scope="module")
 def cluster(inventory_path) -> Cluster:
     return Cluster(inventory_path)
+
+
+@pytest.fixture(scope="session")
+def fault_lab(pytestconfig):
+    """The fault lab of tests/e2e/test_faults_*.py (see fault_lab.py), up from the first fault case
+    to the end of the session."""
+    if pytestconfig.getoption("inventory", default=None):
+        pytest.skip("--inventory names a cluster of your own: the fault-injection tests need a lab")
+    with fault_lab_session() as fault_lab:
+        yield fault_lab
 
 
 def pytest_terminal_summary(terminalreporter):

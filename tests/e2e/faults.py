@@ -17,17 +17,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness import REPO
+from harness.playbook import PlaybookRun, assert_succeeded
+from harness.roles import role_default
+
 from .cluster import Cluster
-from .lab import REPO, Lab, PlaybookRun, assert_succeeded
+from .lab import Lab
 
 RESULTS_FILE = REPO / "artifacts" / "reliability" / "faults.json"
-TRAINER_CONTAINER = "chargpt-trainer-rank{rank}"
 SUMMARY_TIMEOUT_S = 420
 STEP_LINE = re.compile(r"\[chargpt\] step (\d+)/(\d+) \|")
 RESUMED_LINE = re.compile(r"\[chargpt\] resumed from step (\d+)")
 CHECKPOINT_LINE = re.compile(r"\[chargpt\] checkpoint ckpt-(\d+)\.pt written")
-# What a host snapshot covers: the files the roles write and the run directories.
-SNAPSHOT_PATHS = "/srv/chargpt /etc/systemd/system /etc/docker"
+# What a host snapshot covers besides the trainer role's folder (trainer_base_dir, with the run
+# directories): the units and Docker's configuration that the roles write.
+SNAPSHOT_SYSTEM_PATHS = "/etc/systemd/system /etc/docker"
 
 
 def now() -> datetime:
@@ -83,7 +87,7 @@ class FaultRun:
         self.master = cluster.names[0]
 
     def container(self, host: str) -> str:
-        return TRAINER_CONTAINER.format(rank=self.cluster.rank(host))
+        return self.cluster.trainer_container_name(host)
 
     def rank0_log(self) -> list[LogLine]:
         result = on_host(self.master, "docker", "logs", "--timestamps", self.container(self.master), check=False)
@@ -204,9 +208,10 @@ def snapshot_host(host: str) -> dict:
     """Everything a failed deployment must leave alone on a host: the files under the roles' folders
     (path, type, size, mtime; content hashes of the regular files) and every container with its ID,
     start time, restart count and status."""
+    paths = f"{role_default('trainer', 'trainer_base_dir')} {SNAPSHOT_SYSTEM_PATHS}"
     files = on_host(host, "sh", "-c",
-                    f"find {SNAPSHOT_PATHS} -xdev -printf '%p %y %s %T@\\n' 2>/dev/null | sort; "
-                    f"find {SNAPSHOT_PATHS} -xdev -type f -size -2M -exec sha256sum {{}} + 2>/dev/null | sort",
+                    f"find {paths} -xdev -printf '%p %y %s %T@\\n' 2>/dev/null | sort; "
+                    f"find {paths} -xdev -type f -size -2M -exec sha256sum {{}} + 2>/dev/null | sort",
                     check=False).stdout
     containers = on_host(host, "sh", "-c",
                          "ids=$(docker ps -aq --no-trunc); [ -z \"$ids\" ] || docker inspect --format "

@@ -6,26 +6,18 @@ They run after test_cluster.py (same session lab) and only against the lab, neve
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 
-import yaml
+from harness.inventory import Inventory
+from harness.playbook import assert_nothing_changed, assert_succeeded
 
 from .checks import ARTIFACT_CHECKS, CHECKS, check_trainers_exited_zero, check_world_size
 from .cluster import RUN_ID_LABEL, Cluster
-from .lab import PLAYBOOK_VARS, RUN_ID, TRAIN_OVERRIDES, assert_succeeded, run_playbook, timed
+from .lab import RUN_ID, TRAIN_OVERRIDES
 
 
 def rank0_started_at(cluster: Cluster) -> str:
     return cluster.rank0_container().raw["State"]["StartedAt"]
-
-
-def assert_nothing_changed(run) -> None:
-    assert_succeeded(run)
-    assert run.recap, f"no PLAY RECAP in {run.log}"
-    changed = {host: counts["changed"] for host, counts in run.recap.items() if counts["changed"]}
-    assert not changed, f"changed={changed}; tasks that changed: {run.changed_tasks()} (log {run.log})"
 
 
 def test_second_run_changes_nothing(lab):
@@ -67,15 +59,6 @@ def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
         f"{rank0.name}'s log does not say 'resumed from step {before['final_step']}'")
 
 
-def inventory_without(lab, host: str, path) -> Path:
-    """A copy of the lab's inventory (group_vars too) without host."""
-    inventory = Path(shutil.copytree(lab.inventory, path))
-    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
-    del hosts["all"]["children"]["cluster"]["children"]["workers"]["hosts"][host]
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
-    return inventory
-
-
 def wait_until_stopped(cluster: Cluster, name: str, timeout: float = 90) -> None:
     """Until name's trainer container no longer runs (a worker can end a moment after rank 0)."""
     deadline = time.monotonic() + timeout
@@ -96,10 +79,11 @@ def test_removed_host_leaves_and_run_resumes(lab, artifacts_dir, tmp_path):
     lab_cluster.sh(leaving, "docker start %s", lab_cluster.trainer_container(leaving).name)
     more_steps = dict(TRAIN_OVERRIDES, max_steps=before["final_step"] + 40)
 
-    inventory = inventory_without(lab, leaving, tmp_path / "inventory")
-    assert_succeeded(timed("site-host-removed", run_playbook, inventory, "site.yml", *PLAYBOOK_VARS, "-e",
-                           json.dumps({"trainer_overrides": more_steps, "trainer_wait_timeout_s": 600}),
-                           log_name="site-host-removed"))
+    # The lab's inventory (group_vars inlined) without the leaving host.
+    inventory = Inventory.read(lab.inventory).without(leaving).write(tmp_path / "hosts.yml")
+    assert_succeeded(lab.playbook("site.yml", "-e",
+                                  json.dumps({"trainer_overrides": more_steps, "trainer_wait_timeout_s": 600}),
+                                  log_name="site-host-removed", inventory=inventory))
 
     after = json.loads(summary_file.read_text())
     assert after["world_size"] == 2, f"summary after the host left: {after}"
@@ -118,7 +102,7 @@ def test_removed_host_leaves_and_run_resumes(lab, artifacts_dir, tmp_path):
 
 def test_teardown_leaves_no_trainer_or_network(lab, artifacts_dir):
     cluster = Cluster(lab.inventory)
-    network = cluster.setting("overlay_network_name")
+    network = cluster.overlay_network
     assert_succeeded(lab.playbook("playbooks/teardown.yml", log_name="teardown"))
     for name in cluster.names:
         leftovers = cluster.sh(name, "docker ps -a --format '{{.Names}}' --filter %s", f"label={RUN_ID_LABEL}").split()

@@ -1,0 +1,157 @@
+"""The lab of the fault-injection tests (issue 5) and what their cases share: the settings of the
+runs, the session that brings the lab up, records every case in artifacts/reliability/faults.json
+and renders docs/RELIABILITY.md from it when every case ran, and the assertions on a finished run.
+
+The cases (tests/e2e/test_faults_*.py) share one lab (E2E_FAULTS_LAB_NAME, default e2e-faults),
+separate from the session lab of test_lab_scenarios.py because they deploy with other variables.
+Each run case starts a run of its own (its own run id). pytest runs the files in name order, which
+is the order the cases need: the bad inputs on the settled lab first, the faults during a run, then
+the re-run and the case that adds a third host, last."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness import REPO
+from harness.playbook import assert_succeeded
+from harness.roles import role_default
+
+from .cluster import RUN_ID_LABEL, Cluster
+from .faults import RESULTS_FILE, CaseResult, FaultRun, Results, on_host, start_run
+from .lab import KEEP_LAB, Lab, timed
+from .reliability import DOC_FILE, render
+
+LAB_NAME = os.environ.get("E2E_FAULTS_LAB_NAME", "e2e-faults")
+PRESET = "smoke"
+# The smoke model with a bigger batch and context: about 60 ms a step on 2 cores, so that a fault
+# lands mid-run at a step the test chose. Every step is logged, for the progress-lost figure.
+FAULT_OVERRIDES = {"max_steps": 300, "log_interval": 1, "checkpoint_interval": 50, "eval_interval": 100,
+                   "batch_size": 48, "block_size": 64}
+CHECKPOINT_INTERVAL = FAULT_OVERRIDES["checkpoint_interval"]
+# Where the faults land: between the checkpoints of steps 50 and 100.
+INJECT_AFTER_STEP = 75
+# Runs that must outlast a playbook run (the re-run case, the unreachable host case).
+LONG_OVERRIDES = dict(FAULT_OVERRIDES, max_steps=2000, log_interval=10, checkpoint_interval=500,
+                      eval_interval=500)
+BASE_RUN = {"run_id": "faults-base", "overrides": {"max_steps": 20, "eval_interval": 10, "checkpoint_interval": 10}}
+DIST_TIMEOUT_S = 20
+# How much later than dist_timeout_s after the pause rank 0 may report the timeout.
+TIMEOUT_MARGIN_S = 15
+CHECKPOINT_PAUSE_S = 45
+EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "7"]
+# The role defaults that decide how a run recovers, recorded with the results.
+RECOVERY_DEFAULTS = ["trainer_torchrun_max_restarts", "trainer_restart_max_retries", "trainer_supervisor_restart_sec"]
+
+
+def run_vars(run_id: str, overrides: dict, wait: bool = False, environment: dict | None = None) -> dict:
+    return {"trainer_preset": PRESET, "trainer_run_id": run_id, "trainer_wait": wait, "trainer_overrides": overrides,
+            "trainer_environment": environment or {}}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal:"))
+    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
+    os_name = next((line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
+                    if line.startswith("PRETTY_NAME=")), platform.system())
+    return {"os": os_name, "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu,
+            "memory_gib": round(memory_kb / 2**20, 1), "docker_engine": docker.stdout.strip() or "unknown",
+            "python": platform.python_version()}
+
+
+def source_commit() -> str:
+    """The commit the suite ran on, marked when the working tree differed from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True)
+    return (head.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+class FaultLab:
+    def __init__(self, lab: Lab, results: Results, session_tag: str):
+        self.lab, self.results, self.session_tag = lab, results, session_tag
+
+    def cluster(self) -> Cluster:
+        return Cluster(self.lab.inventory)
+
+    def start(self, name: str, overrides: dict, environment: dict | None = None) -> FaultRun:
+        """Start a fresh run: its id carries the session's tag, so that a kept lab never holds it finished."""
+        run_id = f"{name}-{self.session_tag}"
+        start_run(self.lab, run_vars(run_id, overrides, environment=environment), log_name=f"faults-start-{name}")
+        run = FaultRun(self.lab, self.cluster(), run_id, overrides["max_steps"])
+        container = run.container(run.master)
+        running = on_host(run.master, "docker", "inspect", "--format",
+                          f'{{{{index .Config.Labels "{RUN_ID_LABEL}"}}}} {{{{.State.Status}}}}',
+                          container).stdout.split()
+        assert running == [run_id, "running"], f"{container} is {running} after site.yml started {run_id!r}"
+        return run
+
+
+@contextlib.contextmanager
+def fault_lab_session() -> Iterator[FaultLab]:
+    """The fault lab: two hosts converged by site.yml with a short finished run. At the end the
+    results are completed, docs/RELIABILITY.md rendered when every case ran, and the lab brought
+    down (unless E2E_KEEP_LAB=1)."""
+    lab = Lab(LAB_NAME, playbook_vars=[])
+    started = datetime.now(timezone.utc)
+    try:
+        timed("faults: lab up (2 hosts)", lab.command, "up", "--hosts", "2")
+        first = lab.playbook("site.yml", "-e", json.dumps(run_vars(BASE_RUN["run_id"], BASE_RUN["overrides"], wait=True)),
+                             log_name="faults-site-first-run")
+        assert_succeeded(first)
+        results = Results(RESULTS_FILE, {
+            "started": started.isoformat(timespec="seconds"),
+            "machine": machine(),
+            "lab": {"name": LAB_NAME, "hosts": 2},
+            "commit": source_commit(),
+            "settings": {
+                "trainer_preset": PRESET, "fault_overrides": FAULT_OVERRIDES, "long_overrides": LONG_OVERRIDES,
+                "inject_after_step": INJECT_AFTER_STEP, "dist_timeout_s": DIST_TIMEOUT_S,
+                "timeout_margin_s": TIMEOUT_MARGIN_S, "checkpoint_pause_s": CHECKPOINT_PAUSE_S,
+                **{name: role_default("trainer", name) for name in RECOVERY_DEFAULTS},
+            }})
+        yield FaultLab(lab, results, session_tag=started.strftime("%m%d%H%M%S"))
+        results.data["session"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results.write()
+        missing = [case for case in EXPECTED_CASES if case not in results.data["cases"]]
+        if missing:
+            print(f"\n{DOC_FILE.relative_to(REPO)} not rendered: cases {missing} did not run in this session")
+        else:
+            render(RESULTS_FILE, DOC_FILE)
+    finally:
+        if not KEEP_LAB:
+            timed("faults: lab down", lab.command, "down")
+
+
+class recording:
+    """Record a case's result when its block ends, also when an assertion in it fails."""
+
+    def __init__(self, fault_lab: FaultLab, result: CaseResult):
+        self.fault_lab, self.result = fault_lab, result
+
+    def __enter__(self) -> CaseResult:
+        return self.result
+
+    def __exit__(self, kind, error, traceback):
+        if error is None:
+            self.result.passed = True
+        else:
+            self.result.outcome = f"FAILED: {str(error).splitlines()[0] if str(error) else kind.__name__}"
+        self.fault_lab.results.record(self.result.case, self.result)
+        return False
+
+
+def assert_completed(run: FaultRun, summary: dict, world_size: int = 2) -> None:
+    assert summary.get("status") == "complete", f"{run.run_id}: summary {summary}"
+    assert summary["final_step"] == run.max_steps, f"{run.run_id}: final_step {summary['final_step']}, " \
+                                                   f"expected {run.max_steps}"
+    assert summary["world_size"] == world_size, f"{run.run_id}: summary {summary}"
