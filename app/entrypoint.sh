@@ -1,7 +1,8 @@
 #!/bin/sh
 # Entry point of the trainer image: `train` (default) launches chargpt through torchrun with the
 # torchrun settings from the environment; `sample ...` runs `chargpt sample ...`; anything else
-# runs as a command.
+# runs as a command. Trainer settings reach chargpt as CHARGPT_<KEY> variables, which it reads
+# itself, so that no value passes through the shell's word splitting.
 set -eu
 
 fail() {
@@ -25,18 +26,12 @@ train() {
     [ "$NPROC_PER_NODE" -ge 1 ] || fail "NPROC_PER_NODE must be at least 1"
     [ "$NODE_RANK" -lt "$NNODES" ] || fail "NODE_RANK=$NODE_RANK must be below NNODES=$NNODES"
     [ "$TORCHRUN_JOIN_TIMEOUT_S" -ge 1 ] || fail "TORCHRUN_JOIN_TIMEOUT_S must be at least 1 (seconds)"
-    expected_world_size=$((NNODES * NPROC_PER_NODE))
-    if [ -n "${WORLD_SIZE:-}" ] && [ "$WORLD_SIZE" != "$expected_world_size" ]; then
-        fail "WORLD_SIZE=$WORLD_SIZE disagrees with NNODES*NPROC_PER_NODE=$NNODES*$NPROC_PER_NODE=$expected_world_size; fix one of them"
-    fi
     [ -n "$MASTER_ADDR" ] || fail "MASTER_ADDR is empty; set it to the master's address or name"
     [ -n "${NODE_ADDR:-}" ] || fail "NODE_ADDR is empty; set it to this node's address or name, one that sorts in node-rank order (the rendezvous numbers the nodes by it)"
     case "$NODE_ADDR" in
         *[!A-Za-z0-9.:_-]*) fail "NODE_ADDR='$NODE_ADDR' is not a host name or address" ;;
     esac
     [ -n "$RUN_ID" ] || fail "RUN_ID is empty; set it to the name of this run"
-    # torchrun sets WORLD_SIZE itself for every worker.
-    unset WORLD_SIZE
 
     # The c10d rendezvous lives in a store on the master's agent, so an agent that restarts (a
     # killed container) can rejoin a running group. It numbers the nodes by sorting their
@@ -52,11 +47,7 @@ train() {
     rendezvous_id="$RUN_ID-${NNODES}x$NPROC_PER_NODE"
 
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
-    set -f
-    for override in $TRAIN_OVERRIDES; do
-        set -- "$@" --set "$override"
-    done
-    echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $expected_world_size, up to $TORCHRUN_MAX_RESTARTS restart(s)"
+    echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $((NNODES * NPROC_PER_NODE)), up to $TORCHRUN_MAX_RESTARTS restart(s)"
     exec torchrun \
         --nnodes="$NNODES" \
         --nproc-per-node="$NPROC_PER_NODE" \

@@ -158,7 +158,7 @@ def chargpt_tokens_per_s(config: TrainConfig, corpus: Corpus, warmup: int, steps
     torch.manual_seed(0)
     device = torch.device("cpu")
     model = GPT(model_args(config, corpus.tokenizer.vocab_size))
-    optimizer = build_optimizer(model, config, device)
+    optimizer = build_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
     micro_batch, accumulation = config.micro_batches(1)
 

@@ -24,9 +24,9 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True  # the LM head shares the token embedding's weights (GPT-2)
-    # The MLP's activation: "relu" (the original demo's) or "gelu" (GPT-2's). With weights initialised
-    # at std 0.02 GELU starts out almost linear; on the cpu preset ReLU reached val 1.79 at step
-    # 2000 where GELU reached 1.89, and it costs less.
+    # The MLP's activation: "relu" (the original demo's) or "gelu" (GPT-2's). ReLU by default: with
+    # weights initialised at std 0.02 GELU starts out almost linear and learns slower, and ReLU costs
+    # less (docs/PERFORMANCE.md).
     activation: str = "relu"
     # Optimisation. batch_size is the global batch: sequences per step over all ranks.
     batch_size: int = 12
@@ -126,10 +126,9 @@ PRESETS: dict[str, dict] = {
         max_steps=5000, lr=3e-4, min_lr=3e-4, lr_schedule="constant", warmup_steps=0,
         weight_decay=0.01, beta2=0.999, grad_clip=0.0, eval_interval=500, eval_batches=200,
         log_interval=100, checkpoint_interval=1000),
-    # A small model that trains on two CPU cores in about three minutes. Two ranks reach val loss
-    # 1.79-1.82 at step 2000 on seeds 1337-1339 (1.89 first at step 1300-1400); an untied LM head
-    # measured 1.87 where a tied one gave 1.87-1.92 (both with GELU). Evaluating 50 batches per
-    # split keeps the measurement's noise well under those margins.
+    # A small model for two CPU cores. Its LM head is untied because that reaches a given val loss
+    # in fewer steps (docs/PERFORMANCE.md); 50 evaluation batches per split keep the noise of the
+    # val loss well under the differences between such settings.
     "cpu": dict(tie_embeddings=False, eval_batches=50),
     # A few seconds on two CPU cores; batch 12 splits over 1, 2, 3 or 4 ranks.
     "smoke": dict(

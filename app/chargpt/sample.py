@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
+from .data import CharTokenizer
+from .model import GPT
 from .outputs import load_model
 
 
@@ -29,7 +31,17 @@ def load_run(run_dir: Path, device: torch.device, log):
     return load_model(state, device)
 
 
-def generate_text(run_dir: Path, prompt: str, chars: int, temperature: float, top_k: int | None,
+def sample_text(model: GPT, tokenizer: CharTokenizer, prompt: str, chars: int, temperature: float,
+                top_k: int, seed: int, device: torch.device) -> str:
+    """The prompt followed by chars sampled characters (top_k 0: no top-k filtering)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    context = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+    model.eval()
+    ids = model.generate(context, chars, temperature, top_k or None, generator)
+    return tokenizer.decode(ids[0].tolist())
+
+
+def generate_text(run_dir: Path, prompt: str, chars: int, temperature: float, top_k: int,
                   seed: int, log) -> str:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_run(run_dir, device, log)
@@ -37,7 +49,4 @@ def generate_text(run_dir: Path, prompt: str, chars: int, temperature: float, to
     if unknown:
         raise SampleError(f"the prompt contains characters the model never saw: {''.join(unknown)!r}; "
                           "use characters of the training corpus")
-    generator = torch.Generator(device=device).manual_seed(seed)
-    context = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
-    ids = model.generate(context, chars, temperature, top_k or None, generator)
-    return tokenizer.decode(ids[0].tolist())
+    return sample_text(model, tokenizer, prompt, chars, temperature, top_k, seed, device)

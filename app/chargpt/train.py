@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -20,6 +21,7 @@ from .distributed import DistEnv
 from .faults import CheckpointPause, checkpoint_pause
 from .model import GPT, GPTConfig
 from .outputs import plot_losses, read_metrics, write_final_model
+from .sample import sample_text
 
 
 class ResumeError(ValueError):
@@ -67,7 +69,9 @@ def find_resume_state(run_dir: Path, config: TrainConfig, tokenizer: CharTokeniz
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warmup, then cosine decay to min_lr at max_steps (or constant)."""
+    """Linear warmup, then cosine decay to min_lr at max_steps (or constant).
+
+    step is the index of the step, from 0; the log and the metrics number the steps from 1."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / (config.warmup_steps + 1)
     if config.lr_schedule == "constant":
@@ -77,7 +81,7 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
-def build_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; matrices decay, biases, norms and embeddings' 1-d params do not."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -146,8 +150,8 @@ def train_step(model, optimizer, corpus: Corpus, config: TrainConfig, step: int,
 
 
 @torch.inference_mode()
-def evaluate(model: GPT, corpus: Corpus, config: TrainConfig, env: DistEnv, step: int,
-             micro_batch: int, device: torch.device, autocast) -> tuple[float, float]:
+def estimate_loss(model: GPT, corpus: Corpus, config: TrainConfig, env: DistEnv, step: int,
+                  micro_batch: int, device: torch.device, autocast) -> tuple[float, float]:
     """Mean loss on both splits; the eval batches are shared among the ranks and averaged."""
     model.eval()
     batches = max(1, math.ceil(config.eval_batches / env.world_size))
@@ -173,124 +177,196 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume: Resume,
-        device: torch.device, pause: CheckpointPause | None = None) -> GPT:
-    """Train from the resume state (or from scratch); rank 0 writes everything in run_dir.
+def is_due(step: int, interval: int, config: TrainConfig) -> bool:
+    """Every interval steps, and at the last step whatever the interval."""
+    return step % interval == 0 or step == config.max_steps
 
-    pause: fault injection, a pause halfway through writing one checkpoint (see faults.py)."""
-    run_dir = Path(run_dir)
+
+class ProgressLogger:
+    """The step lines: loss, tokens/s and ETA over the window of steps since the previous line."""
+
+    def __init__(self, config: TrainConfig, env: DistEnv, device: torch.device, start_step: int,
+                 started: float):
+        self.config, self.env, self.device = config, env, device
+        self.start_step, self.started = start_step, started
+        self.tokens_per_s = 0.0  # of the latest window, for the metrics
+        self._open_window(started)
+
+    def _open_window(self, now: float) -> None:
+        self.window_started, self.window_steps = now, 0
+        self.window_loss = torch.zeros((), device=self.device)
+
+    def record(self, loss: torch.Tensor) -> None:
+        """One step's loss, kept a tensor so that a GPU need not synchronise every step."""
+        self.window_loss += loss
+        self.window_steps += 1
+
+    def should_log(self, step: int) -> bool:
+        # Also at every evaluation, so that its metrics carry the tokens/s of the steps before it.
+        return (is_due(step, self.config.log_interval, self.config)
+                or is_due(step, self.config.eval_interval, self.config))
+
+    def log(self, step: int) -> None:
+        """Every rank takes part: the window's loss is averaged over them."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the window's time must include the work queued on the GPU
+        now = time.perf_counter()
+        tokens = self.config.batch_size * self.config.block_size * self.window_steps
+        self.tokens_per_s = tokens / (now - self.window_started)
+        elapsed = now - self.started
+        eta = elapsed / (step - self.start_step) * (self.config.max_steps - step)
+        train_loss = distributed.all_reduce_mean((self.window_loss / self.window_steps).reshape(1)).item()
+        if self.env.is_main:
+            log(f"step {step}/{self.config.max_steps} | loss {train_loss:.4f} | "
+                f"lr {learning_rate(self.config, step - 1):.2e} | {self.tokens_per_s:,.0f} tokens/s | "
+                f"elapsed {format_duration(elapsed)} | eta {format_duration(eta)}")
+        self._open_window(time.perf_counter())
+
+    def leave_out(self, seconds: float) -> None:
+        """Seconds spent on something other than training, which tokens/s must not count."""
+        self.window_started += seconds
+
+
+@dataclass
+class Evaluator:
+    """The loss on both splits at eval_interval and the last step; rank 0 appends it to metrics.jsonl."""
+    model: GPT
+    corpus: Corpus
+    config: TrainConfig
+    env: DistEnv
+    micro_batch: int
+    device: torch.device
+    autocast: contextlib.AbstractContextManager
+    metrics_path: Path
+    started: float  # time.perf_counter() when training started: elapsed_s counts from it
+    val_loss: float | None = None  # the latest
+    eval_seconds: float = 0.0  # the part of elapsed_s spent evaluating
+
+    def should_evaluate(self, step: int) -> bool:
+        return is_due(step, self.config.eval_interval, self.config)
+
+    def evaluate(self, step: int, tokens_per_s: float) -> float:
+        """Evaluate and record the result; returns the seconds it took, the metrics write included."""
+        began = time.perf_counter()
+        train_loss, self.val_loss = estimate_loss(self.model, self.corpus, self.config, self.env, step,
+                                                  self.micro_batch, self.device, self.autocast)
+        took = time.perf_counter() - began
+        self.eval_seconds += took
+        if self.env.is_main:
+            self._record(step, train_loss, tokens_per_s, took)
+        return time.perf_counter() - began
+
+    def _record(self, step: int, train_loss: float, tokens_per_s: float, took: float) -> None:
+        record = {"step": step, "train_loss": round(train_loss, 5), "val_loss": round(self.val_loss, 5),
+                  "lr": learning_rate(self.config, step - 1), "tokens_per_s": round(tokens_per_s, 1),
+                  "elapsed_s": round(time.perf_counter() - self.started, 3),
+                  "eval_s": round(self.eval_seconds, 3)}
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        log(f"eval step {step}: train loss {train_loss:.4f}, val loss {self.val_loss:.4f} ({took:.1f}s)")
+
+    def final_val_loss(self) -> float | None:
+        """Rank 0: the latest val loss, from metrics.jsonl when the run resumed at its last step."""
+        if self.val_loss is not None:
+            return self.val_loss
+        history = read_metrics(self.metrics_path)
+        return history[-1]["val_loss"] if history else None
+
+
+@dataclass
+class Checkpointer:
+    """Checkpoints at checkpoint_interval and the last step: every rank's RNG state, written by rank 0."""
+    run_dir: Path
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    tokenizer: CharTokenizer
+    generator: torch.Generator
+    env: DistEnv
+    device: torch.device
+    pause: CheckpointPause | None  # fault injection: a pause halfway through writing one checkpoint
+
+    def should_save(self, step: int) -> bool:
+        return is_due(step, self.config.checkpoint_interval, self.config)
+
+    def save(self, step: int) -> None:
+        rng_states = distributed.gather_objects(rng_state(self.generator, self.device), self.env)
+        if not self.env.is_main:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step,
+                 "config": self.config.to_dict(), "model_args": self.model.config.__dict__,
+                 "vocab": self.tokenizer.chars, "rng": rng_states, "world_size": self.env.world_size}
+        path = checkpoint.save_checkpoint(self.run_dir, step, state, self.config.keep_checkpoints,
+                                          self._halfway(step))
+        log(f"checkpoint {path.name} written")
+
+    def _halfway(self, step: int) -> Callable[[Path], None] | None:
+        if self.pause is None or self.pause.step != step:
+            return None
+        return lambda path: self.pause.hold(path, log)
+
+
+def configure_torch(config: TrainConfig, env: DistEnv, device: torch.device) -> None:
     torch.set_num_threads(cpu_threads(config, env))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    state = distributed.broadcast_object(resume.state, env)
+
+
+def build_training_state(config: TrainConfig, vocab_size: int, env: DistEnv, device: torch.device,
+                         state: dict | None) -> tuple[GPT, torch.optim.AdamW, torch.Generator]:
+    """The model, its optimizer and this rank's batch generator: from the checkpoint state, or new."""
     torch.manual_seed(config.seed)  # the same initial weights for every world size
-    model = GPT(model_args(config, corpus.tokenizer.vocab_size))
-    start_step = 0
+    model = GPT(model_args(config, vocab_size))
     if state is not None:
         model.load_state_dict(state["model"])
-        start_step = state["step"]
     model.to(device)
-    optimizer = build_optimizer(model, config, device)
+    optimizer = build_optimizer(model, config)
     torch.manual_seed(rank_seed(config, env))
     generator = torch.Generator().manual_seed(rank_seed(config, env))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        if len(state["rng"]) == env.world_size:
-            restore_rng_state(state["rng"][env.rank], generator, device)
-        else:  # another world size: fresh streams, still different per rank
-            torch.manual_seed(rank_seed(config, env, start_step))
-            generator.manual_seed(rank_seed(config, env, start_step))
-    del state
-    trained = model
+        resume_random_streams(state, config, env, generator, device)
+    return model, optimizer, generator
+
+
+def resume_random_streams(state: dict, config: TrainConfig, env: DistEnv, generator: torch.Generator,
+                          device: torch.device) -> None:
+    if len(state["rng"]) == env.world_size:
+        restore_rng_state(state["rng"][env.rank], generator, device)
+    else:  # another world size: fresh streams, still different per rank
+        torch.manual_seed(rank_seed(config, env, state["step"]))
+        generator.manual_seed(rank_seed(config, env, state["step"]))
+
+
+def parallelize(model: GPT, config: TrainConfig, env: DistEnv, device: torch.device) -> torch.nn.Module:
+    """The model as the training step calls it: DDP over the ranks, compiled when asked."""
     if env.is_distributed:
         # Gradients as views of the all-reduce buckets: no copy into and out of them every step.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                         gradient_as_bucket_view=True)
     if config.compile:
         model = torch.compile(model)
-    autocast = autocast_context(config, device)
+    return model
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, env: DistEnv, device: torch.device, model: GPT,
+                    start_step: int) -> None:
+    """Rank 0: the run directory ready for this run, and the lines that open its log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temp_files(run_dir)
+    (run_dir / "summary.json").unlink(missing_ok=True)  # it marks a finished run: not this one yet
+    checkpoint.atomic_write_json(run_dir / "config.json", config.to_dict())
     micro_batch, accumulation = config.micro_batches(env.world_size)
-
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_stale_temp_files(run_dir)
-        (run_dir / "summary.json").unlink(missing_ok=True)  # it marks a finished run: not this one yet
-        checkpoint.atomic_write_json(run_dir / "config.json", config.to_dict())
-        log(f"world_size={env.world_size} device={device} threads/rank={torch.get_num_threads()} "
-            f"params={trained.num_parameters():,} vocab={corpus.tokenizer.vocab_size} "
-            f"global batch={config.batch_size} ({micro_batch} x {accumulation} accumulation "
-            f"x {env.world_size} ranks) context={config.block_size}")
-        if start_step:
-            log(f"resumed from step {start_step}")
-            keep_metrics_until(run_dir, start_step)
-        else:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-
-    tokens_per_step = config.batch_size * config.block_size
-    started = time.perf_counter()
-    window_started, window_steps, window_loss = started, 0, torch.zeros((), device=device)
-    tokens_per_s = 0.0
-    eval_seconds = 0.0  # of elapsed: evaluating, not training
-    val_loss = None
-    for step in range(start_step, config.max_steps):
-        window_loss += train_step(model, optimizer, corpus, config, step, micro_batch, accumulation,
-                                  generator, device, autocast)
-        window_steps += 1
-        done = step + 1
-        last = done == config.max_steps
-        if done % config.log_interval == 0 or done % config.eval_interval == 0 or last:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            tokens_per_s = tokens_per_step * window_steps / (now - window_started)
-            elapsed = now - started
-            eta = (now - started) / (done - start_step) * (config.max_steps - done)
-            train_loss = distributed.all_reduce_mean((window_loss / window_steps).reshape(1)).item()
-            if env.is_main:
-                log(f"step {done}/{config.max_steps} | loss {train_loss:.4f} | "
-                    f"lr {learning_rate(config, step):.2e} | {tokens_per_s:,.0f} tokens/s | "
-                    f"elapsed {format_duration(elapsed)} | eta {format_duration(eta)}")
-            window_started, window_steps, window_loss = time.perf_counter(), 0, torch.zeros((), device=device)
-        if done % config.eval_interval == 0 or last:
-            eval_started = time.perf_counter()
-            train_eval, val_loss = evaluate(trained, corpus, config, env, done, micro_batch, device, autocast)
-            eval_took = time.perf_counter() - eval_started
-            eval_seconds += eval_took
-            if env.is_main:
-                record = {"step": done, "train_loss": round(train_eval, 5), "val_loss": round(val_loss, 5),
-                          "lr": learning_rate(config, step), "tokens_per_s": round(tokens_per_s, 1),
-                          "elapsed_s": round(time.perf_counter() - started, 3), "eval_s": round(eval_seconds, 3)}
-                with open(run_dir / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                log(f"eval step {done}: train loss {train_eval:.4f}, val loss {val_loss:.4f} "
-                    f"({eval_took:.1f}s)")
-            window_started += time.perf_counter() - eval_started  # the metrics write too
-        if done % config.checkpoint_interval == 0 or last:
-            save_checkpoint(run_dir, trained, optimizer, config, corpus.tokenizer, done, generator,
-                            env, device, pause if pause and pause.step == done else None)
-
-    if val_loss is None and env.is_main:  # resumed at the last step: nothing left to train
-        history = read_metrics(run_dir / "metrics.jsonl")
-        val_loss = history[-1]["val_loss"] if history else None
-    if env.is_main:
-        finish(run_dir, trained, config, corpus.tokenizer, env, device, start_step, val_loss,
-               time.perf_counter() - started)
-    return trained
-
-
-def save_checkpoint(run_dir: Path, model: GPT, optimizer, config: TrainConfig,
-                    tokenizer: CharTokenizer, step: int, generator: torch.Generator,
-                    env: DistEnv, device: torch.device, pause: CheckpointPause | None = None) -> None:
-    rng_states = distributed.gather_objects(rng_state(generator, device), env)
-    if not env.is_main:
-        return
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "config": config.to_dict(), "model_args": model.config.__dict__,
-             "vocab": tokenizer.chars, "rng": rng_states, "world_size": env.world_size}
-    halfway = None if pause is None else (lambda path: pause.hold(path, log))
-    path = checkpoint.save_checkpoint(run_dir, step, state, config.keep_checkpoints, halfway)
-    log(f"checkpoint {path.name} written")
+    log(f"world_size={env.world_size} device={device} threads/rank={torch.get_num_threads()} "
+        f"params={model.num_parameters():,} vocab={model.config.vocab_size} "
+        f"global batch={config.batch_size} ({micro_batch} x {accumulation} accumulation "
+        f"x {env.world_size} ranks) context={config.block_size}")
+    if start_step:
+        log(f"resumed from step {start_step}")
+        keep_metrics_until(run_dir, start_step)
+    else:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def keep_metrics_until(run_dir: Path, step: int) -> None:
@@ -301,16 +377,53 @@ def keep_metrics_until(run_dir: Path, step: int) -> None:
         checkpoint.atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
+def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume: Resume,
+        device: torch.device, pause: CheckpointPause | None = None) -> GPT:
+    """Train from the resume state (or from scratch); rank 0 writes everything in run_dir.
+
+    pause: fault injection, a pause halfway through writing one checkpoint (see faults.py)."""
+    run_dir = Path(run_dir)
+    configure_torch(config, env, device)
+    state = distributed.broadcast_object(resume.state, env)
+    start_step = 0 if state is None else state["step"]
+    model, optimizer, generator = build_training_state(config, corpus.tokenizer.vocab_size, env, device,
+                                                       state)
+    del state  # the received checkpoint: not needed while training
+    wrapped = parallelize(model, config, env, device)
+    autocast = autocast_context(config, device)
+    micro_batch, accumulation = config.micro_batches(env.world_size)
+    if env.is_main:
+        prepare_run_dir(run_dir, config, env, device, model, start_step)
+
+    started = time.perf_counter()
+    progress = ProgressLogger(config, env, device, start_step, started)
+    evaluator = Evaluator(model, corpus, config, env, micro_batch, device, autocast,
+                          run_dir / "metrics.jsonl", started)
+    checkpointer = Checkpointer(run_dir, model, optimizer, config, corpus.tokenizer, generator, env, device,
+                                pause)
+    for step in range(start_step + 1, config.max_steps + 1):
+        progress.record(train_step(wrapped, optimizer, corpus, config, step - 1, micro_batch, accumulation,
+                                   generator, device, autocast))
+        if progress.should_log(step):
+            progress.log(step)
+        if evaluator.should_evaluate(step):
+            progress.leave_out(evaluator.evaluate(step, progress.tokens_per_s))
+        if checkpointer.should_save(step):
+            checkpointer.save(step)
+
+    if env.is_main:
+        finish(run_dir, model, config, corpus.tokenizer, env, device, start_step, evaluator.final_val_loss(),
+               time.perf_counter() - started)
+    return model
+
+
 def finish(run_dir: Path, model: GPT, config: TrainConfig, tokenizer: CharTokenizer, env: DistEnv,
            device: torch.device, start_step: int, val_loss: float | None, train_seconds: float) -> None:
     """The final model, a sample, the loss plot, and summary.json last."""
     write_final_model(run_dir / "model.pt", model, tokenizer)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
     start = "\n" if "\n" in tokenizer.index else tokenizer.chars[0]
-    context = torch.tensor([tokenizer.encode(start)], device=device)
-    model.eval()
-    text = tokenizer.decode(model.generate(context, config.sample_chars, config.sample_temperature,
-                                           config.sample_top_k or None, generator)[0].tolist())
+    text = sample_text(model, tokenizer, start, config.sample_chars, config.sample_temperature,
+                       config.sample_top_k, config.seed, device)
     checkpoint.atomic_write_text(run_dir / "sample.txt", text)
     log(f"sample ({config.sample_chars} characters):\n{text}")
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
@@ -319,7 +432,6 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, tokenizer: CharTokeni
                "train_seconds": round(train_seconds, 3)}
     checkpoint.atomic_write_json(run_dir / "summary.json", summary)
     log(f"done: final val loss {val_loss if val_loss is None else round(val_loss, 4)}; outputs in {run_dir}")
-
 
 
 def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT:

@@ -1,4 +1,5 @@
-"""The image's entrypoint script, run with stand-ins for torchrun and chargpt that print their arguments."""
+"""The image's entrypoint script, run with stand-ins for torchrun and chargpt that print their arguments
+and save their environment."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import APP_DIR
 ENTRYPOINT = APP_DIR / "entrypoint.sh"
 IMAGE_DEFAULTS = {"NNODES": "1", "NPROC_PER_NODE": "1", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                   "MASTER_PORT": "29500", "RUN_ID": "default", "TRAIN_PRESET": "cpu",
-                  "TRAIN_OVERRIDES": "", "TRAIN_DATA": "/data/input.txt", "RUN_ROOT": "/runs",
+                  "TRAIN_DATA": "/data/input.txt", "RUN_ROOT": "/runs",
                   "TORCHRUN_MAX_RESTARTS": "0", "NODE_ADDR": "127.0.0.1", "TORCHRUN_JOIN_TIMEOUT_S": "600"}
 
 
@@ -20,7 +21,7 @@ IMAGE_DEFAULTS = {"NNODES": "1", "NPROC_PER_NODE": "1", "NODE_RANK": "0", "MASTE
 def fake_bin(tmp_path):
     for name in ("torchrun", "chargpt"):
         script = tmp_path / name
-        script.write_text(f'#!/bin/sh\necho {name}\nfor arg in "$@"; do echo "$arg"; done\n')
+        script.write_text(f'#!/bin/sh\nenv > "$0.env"\necho {name}\nfor arg in "$@"; do echo "$arg"; done\n')
         script.chmod(0o755)
     return tmp_path
 
@@ -31,19 +32,28 @@ def entrypoint(fake_bin, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_train_launches_torchrun_with_the_environment(fake_bin):
-    result = entrypoint(fake_bin, NNODES="2", NPROC_PER_NODE="3", NODE_RANK="1", WORLD_SIZE="6",
+    result = entrypoint(fake_bin, NNODES="2", NPROC_PER_NODE="3", NODE_RANK="1",
                         MASTER_ADDR="trainer-master", MASTER_PORT="29511", RUN_ID="r1",
                         NODE_ADDR="trainer-node-1", TORCHRUN_JOIN_TIMEOUT_S="90",
-                        TRAIN_PRESET="smoke", TRAIN_OVERRIDES="max_steps=10  lr=0.01 eval_interval=*",
-                        TORCHRUN_MAX_RESTARTS="3")
+                        TRAIN_PRESET="smoke", TORCHRUN_MAX_RESTARTS="3")
     assert result.returncode == 0, result.stderr
     words = result.stdout.splitlines()
     assert words[words.index("torchrun"):] == [
         "torchrun", "--nnodes=2", "--nproc-per-node=3", "--rdzv-backend=c10d",
         "--rdzv-endpoint=trainer-master:29511", "--rdzv-id=r1-2x3", "--rdzv-conf=is_host=false,join_timeout=90",
         "--local-addr=trainer-node-1", "--max-restarts=3", "-m", "chargpt", "train",
-        "--data", "/data/input.txt", "--run-dir", "/runs/r1", "--preset", "smoke",
-        "--set", "max_steps=10", "--set", "lr=0.01", "--set", "eval_interval=*"]
+        "--data", "/data/input.txt", "--run-dir", "/runs/r1", "--preset", "smoke"]
+
+
+def test_trainer_settings_reach_the_trainer_untouched(fake_bin):
+    settings = {"CHARGPT_MAX_STEPS": "10", "CHARGPT_DTYPE": "two  words", "CHARGPT_DEVICE": "*",
+                "CHARGPT_SEED": "$HOME ${PATH} $(echo expanded)"}
+    result = entrypoint(fake_bin, **settings)
+    assert result.returncode == 0, result.stderr
+    assert "--set" not in result.stdout.splitlines()
+    lines = (fake_bin / "torchrun.env").read_text().splitlines()
+    assert {name: value for name, _, value in (line.partition("=") for line in lines)
+            if name.startswith("CHARGPT_")} == settings
 
 
 def test_the_master_hosts_the_rendezvous(fake_bin):
@@ -59,8 +69,6 @@ def test_train_is_the_default_command(fake_bin):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"NNODES": "2", "NPROC_PER_NODE": "2", "WORLD_SIZE": "3"},
-     "WORLD_SIZE=3 disagrees with NNODES*NPROC_PER_NODE=2*2=4"),
     ({"NNODES": "two"}, "NNODES='two' must be a non-negative integer"),
     ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 must be below NNODES=2"),
     ({"MASTER_ADDR": ""}, "MASTER_ADDR is empty"),

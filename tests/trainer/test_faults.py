@@ -167,7 +167,7 @@ def collective_with_a_failed_peer(rank: int, port: int, operation: str, peer: st
     try:
         if operation == "ddp backward":
             model(torch.randn(2, 4)).sum().backward()
-        else:  # what evaluate() and the loss logging do
+        else:  # what estimate_loss() and the loss logging do
             dist.all_reduce(torch.ones(2))
     except RuntimeError as error:
         failure = peer_failure(error, rank, TIMEOUT_S)
