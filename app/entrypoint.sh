@@ -1,8 +1,9 @@
 #!/bin/sh
-# Entry point of the trainer image: `train` (default) launches chargpt through torchrun with the
-# torchrun settings from the environment; `sample ...` runs `chargpt sample ...`; anything else
-# runs as a command. Trainer settings reach chargpt as CHARGPT_<KEY> variables, which it reads
-# itself, so that no value passes through the shell's word splitting.
+# Entry point of the trainer image: `train` (default) runs `chargpt check`, then launches chargpt
+# through torchrun with the torchrun settings from the environment; `sample ...` runs
+# `chargpt sample ...`; anything else runs as a command. Trainer settings reach chargpt as
+# CHARGPT_<KEY> variables, which it reads itself, so that no value passes through the shell's word
+# splitting.
 set -eu
 
 fail() {
@@ -45,6 +46,15 @@ train() {
     # The rendezvous id names the world's shape: a node that left the inventory but still runs
     # (its trainer restarting with the old world size) can never join the group of the new one.
     rendezvous_id="$RUN_ID-${NNODES}x$NPROC_PER_NODE"
+
+    # The trainer's own checks (config, batch against the world size, corpus, what resuming the run
+    # directory would find) before torchrun: bad input stops here, once, with chargpt's one line on
+    # stderr and its exit status (2), instead of in every worker of every restart. It gets the
+    # same arguments as train (extra ones, such as --set, first).
+    check_status=0
+    chargpt check "$@" --data "$TRAIN_DATA" --preset "$TRAIN_PRESET" --world-size "$((NNODES * NPROC_PER_NODE))" \
+        --run-dir "$RUN_ROOT/$RUN_ID" || check_status=$?
+    [ "$check_status" -eq 0 ] || exit "$check_status"
 
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
     echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $((NNODES * NPROC_PER_NODE)), up to $TORCHRUN_MAX_RESTARTS restart(s)"

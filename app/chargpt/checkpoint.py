@@ -17,6 +17,10 @@ _TEMP_SUFFIX = ".tmp"
 REQUIRED_KEYS = ("model", "optimizer", "step", "config", "model_args", "vocab", "rng")
 
 
+class UnreadableCheckpoints(ValueError):
+    """The run directory has checkpoint files and none of them loads."""
+
+
 def atomic_write_bytes(path: Path, data: bytes, halfway: Callable[[], None] | None = None) -> None:
     """Replace path with data so that readers see the old or the new file, never a part.
 
@@ -82,13 +86,15 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int,
                     halfway: Callable[[Path], None] | None = None) -> Path:
-    """Write the checkpoint for step atomically, then delete all but the newest keep.
+    """Write the checkpoint for step atomically, then delete the oldest so that keep remain.
 
+    The new file is always kept, even when older attempts left files of later steps.
     halfway(path), for fault injection, runs when half of the checkpoint is written."""
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_torch(path, state, None if halfway is None else lambda: halfway(path))
-    for _, old in list_checkpoints(run_dir)[:-keep]:
+    others = [old for _, old in list_checkpoints(run_dir) if old != path]
+    for old in others[:max(0, len(others) - (keep - 1))]:
         old.unlink(missing_ok=True)
     return path
 
@@ -110,11 +116,27 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def load_latest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict | None:
-    """The newest checkpoint that loads; unreadable (torn) ones are skipped with a warning."""
+    """The newest checkpoint that loads; unreadable (torn) ones are skipped with a warning.
+
+    None when there is no checkpoint file; UnreadableCheckpoints when there are some and none
+    loads, since starting again from step 0 would silently throw the run away."""
+    failures = []
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
-            return load_checkpoint(path)
+            state = load_checkpoint(path)
         except Exception as error:  # a torn or foreign file must not stop the resume
-            warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
-                 "falling back to the previous one")
+            failures.append(f"{path.name} ({_describe(error)})")
+            warn(f"checkpoint {path} is unreadable ({_describe(error)}); falling back to the previous one")
+            continue
+        return state
+    if failures:
+        raise UnreadableCheckpoints(
+            f"run directory {run_dir} has checkpoints but none loads: {'; '.join(failures)}; move them "
+            f"out of {Path(run_dir) / CHECKPOINT_DIR} to start again from step 0, or restore a good one")
     return None
+
+
+def _describe(error: Exception) -> str:
+    """The error on one line: torch.load's messages can run over several."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"

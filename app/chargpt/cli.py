@@ -1,18 +1,22 @@
-"""Command line: `chargpt train` and `chargpt sample`."""
+"""Command line: `chargpt train`, `chargpt check` and `chargpt sample`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
+from .check import check_inputs
+from .checkpoint import UnreadableCheckpoints
 from .config import PRESETS, ConfigError
 from .data import CorpusError
 from .distributed import DistributedError, PeerFailure
-from .faults import FaultInjectionError
+from .faults import FaultInjectionError, refuse_check
+from .resume import ResumeError
 from .sample import SampleError, generate_text
-from .train import ResumeError, train
+from .train import train
 
 EXIT_BAD_INPUT = 2
 EXIT_PEER_FAILURE = 3
@@ -23,11 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model (resumes from the run directory's checkpoints)")
-    train.add_argument("--data", required=True, type=Path, help="UTF-8 text corpus")
+    add_input_arguments(train)
     train.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)} (default: cpu)")
     train.add_argument("--run-dir", required=True, type=Path, help="where checkpoints and outputs go")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config key (repeatable); beats CHARGPT_<KEY> in the environment")
+
+    check = commands.add_parser("check", help="check a run's inputs as train would, without running anything")
+    add_input_arguments(check)
+    check.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
+    check.add_argument("--world-size", type=int, default=1, help="processes over all nodes (default: 1)")
+    check.add_argument("--run-dir", type=Path, help="also check what resuming there would find (read only)")
+    check.add_argument("--json", action="store_true",
+                       help="print the resolved config, the corpus hash and the resume step as JSON")
 
     sample = commands.add_parser("sample", help="generate text with a trained model")
     sample.add_argument("--run-dir", required=True, type=Path)
@@ -39,8 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The corpus and the overrides, which train and check read alike."""
+    parser.add_argument("--data", required=True, type=Path, help="UTF-8 text corpus")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable); beats CHARGPT_<KEY> in the environment")
+
+
 def train_command(args: argparse.Namespace) -> int:
     train(args.data, args.preset, args.run_dir, args.set)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A rank that trained in a group leaves without interpreter teardown, in which Gloo's
+        # threads now and then abort the process ("terminate called without an active
+        # exception", exit -6) after the run succeeded; its output is complete and flushed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def check_command(args: argparse.Namespace) -> int:
+    refuse_check()
+    # Warnings (a torn checkpoint skipped) go to stderr: stdout may be JSON for a program to read.
+    inputs = check_inputs(args.data, args.preset, args.set, args.world_size, args.run_dir,
+                          warn=lambda text: print(f"[chargpt] warning: {text}", file=sys.stderr, flush=True))
+    print(json.dumps(inputs.report(), indent=2) if args.json else inputs.summary_line(args.preset))
     return 0
 
 
@@ -65,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train_command(args)
+        if args.command == "check":
+            return check_command(args)
         return sample_command(args, parser)
     except PeerFailure as error:
         # Every rank that sees it says so: the line names the rank.
@@ -73,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         # No interpreter teardown: after a broken collective, Gloo's threads can abort it
         # ("terminate called without an active exception"), which would hide this exit status.
         os._exit(EXIT_PEER_FAILURE)
-    except (ConfigError, CorpusError, ResumeError, DistributedError, SampleError, FaultInjectionError) as error:
+    except (ConfigError, CorpusError, ResumeError, UnreadableCheckpoints, DistributedError, SampleError,
+            FaultInjectionError) as error:
         # Under torchrun every rank gets the same error; one line per host is enough.
         if os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"chargpt: error: {error}", file=sys.stderr, flush=True)

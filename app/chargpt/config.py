@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Mapping
 
+from .model import GPTConfig
+
 ENV_PREFIX = "CHARGPT_"
+
+# Settings that change how a run is watched or executed, not what it learns: a resumed run may
+# change them freely, and they are never compared with the checkpoint's.
+RUNTIME_KEYS = frozenset({
+    "log_interval", "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
+    "sample_chars", "sample_temperature", "sample_top_k", "device", "compile", "num_threads",
+    "dist_timeout_s", "allow_config_change"})
+# The model's shape: a checkpoint cannot load into another one, so these never change within a run.
+# Dropout is a GPTConfig field but no shape: its weights load either way.
+MODEL_SHAPE_KEYS = frozenset(field.name for field in fields(GPTConfig)) - {"vocab_size", "dropout"}
 
 
 class ConfigError(ValueError):
@@ -59,10 +72,15 @@ class TrainConfig:
     compile: bool = False
     num_threads: int = 0  # CPU threads per rank; 0 = the machine's cores divided among local ranks
     dist_timeout_s: float = 600.0
+    # Resuming a run (one run id, one experiment) refuses changed training settings; this lists,
+    # comma-separated, the ones whose change it accepts, e.g. "max_steps" to train longer.
+    allow_config_change: str = ""
 
     def __post_init__(self) -> None:
         for field in fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
+            if field.type == "float":
+                _check_finite(field.name, getattr(self, field.name))
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps",
                     "eval_interval", "eval_batches", "log_interval", "checkpoint_interval",
                     "keep_checkpoints", "sample_chars")
@@ -95,9 +113,30 @@ class TrainConfig:
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        self._check_allowed_changes()
+
+    @property
+    def allowed_changes(self) -> frozenset[str]:
+        """The keys of allow_config_change."""
+        return frozenset(key.strip().lower() for key in self.allow_config_change.split(",") if key.strip())
+
+    def _check_allowed_changes(self) -> None:
+        unknown = sorted(self.allowed_changes - _FIELD_TYPES.keys())
+        if unknown:
+            raise ConfigError(f"allow_config_change names unknown key(s) {', '.join(unknown)}; list config "
+                              f"keys, comma-separated, e.g. allow_config_change=max_steps; valid keys: "
+                              f"{', '.join(_FIELD_TYPES)}")
+        shape = sorted(self.allowed_changes & MODEL_SHAPE_KEYS)
+        if shape:
+            raise ConfigError(f"allow_config_change names {', '.join(shape)}, which set the model's shape: "
+                              "a checkpoint cannot load into another shape, so they can never change within "
+                              "a run; remove them from allow_config_change and use a new run id (a new "
+                              "--run-dir) for another shape")
 
     def check_world_size(self, world_size: int) -> None:
         """Reject a global batch that cannot be split evenly over the ranks and micro-batches."""
+        if world_size < 1:
+            raise ConfigError(f"the world size {world_size} must be at least 1 (nodes x processes per node)")
         if self.batch_size % world_size:
             raise ConfigError(
                 f"batch_size={self.batch_size} is not divisible by the world size {world_size}; "
@@ -138,6 +177,7 @@ PRESETS: dict[str, dict] = {
 }
 
 _FIELD_TYPES = {field.name: field.type for field in fields(TrainConfig)}
+_DEFAULTS = {field.name: field.default for field in fields(TrainConfig)}
 
 
 def build_config(preset: str, overrides: Mapping[str, str] | None = None,
@@ -173,26 +213,41 @@ def _parse_value(key: str, raw: str, source: str):
                           f"valid keys: {', '.join(_FIELD_TYPES)}")
     kind = _FIELD_TYPES[key]
     try:
-        if kind == "bool":
-            lowered = raw.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        return raw
+        value = _convert(raw, kind)
     except ValueError:
         raise ConfigError(f"bad value '{raw}' for {key} (from {source}): expected {kind}") from None
+    if kind == "float":
+        _check_finite(key, value, source)
+    return value
+
+
+def _convert(raw: str, kind: str):
+    if kind == "bool":
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
 
 
 def _check_type(name: str, value, kind: str) -> None:
     expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
     if isinstance(value, bool) and kind != "bool" or not isinstance(value, expected):
         raise ConfigError(f"{name}={value!r} must be of type {kind}")
+
+
+def _check_finite(name: str, value: float, source: str | None = None) -> None:
+    # float() accepts "nan" and "inf", and NaN passes every range check (each comparison is false).
+    if not math.isfinite(value):
+        where = f" (from {source})" if source else ""
+        raise ConfigError(f"{name}={value} is not a finite number{where}; set {name} to a finite number "
+                          f"such as {_DEFAULTS[name]}, or remove the override to keep the preset's value")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

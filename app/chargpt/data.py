@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,11 @@ class Corpus:
     tokenizer: CharTokenizer
     train: torch.Tensor  # int64 ids
     val: torch.Tensor
+    sha256: str  # of the file's bytes: what a run's checkpoints were trained on
+
+    @property
+    def characters(self) -> int:
+        return len(self.train) + len(self.val)
 
 
 def load_corpus(path: str | Path, block_size: int, val_fraction: float) -> Corpus:
@@ -58,7 +64,8 @@ def load_corpus(path: str | Path, block_size: int, val_fraction: float) -> Corpu
         raise CorpusError(f"corpus {path} is not UTF-8 text (bad byte at offset {error.start}); "
                           "convert it to UTF-8") from None
     if "\x00" in text:
-        raise CorpusError(f"corpus {path} contains NUL bytes, so it is not text; pass a text file")
+        raise CorpusError(f"corpus {path} contains NUL bytes, so it is not UTF-8 text (UTF-16 text has "
+                          "them); convert it to UTF-8 or pass a text file")
     tokenizer = CharTokenizer.from_text(text)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.int64)
     split = int(len(ids) * (1.0 - val_fraction))
@@ -69,7 +76,7 @@ def load_corpus(path: str | Path, block_size: int, val_fraction: float) -> Corpu
             raise CorpusError(
                 f"corpus {path} is too short: its {name} split has {len(part)} characters but "
                 f"block_size={block_size} needs more than that; use a longer corpus or a smaller block_size")
-    return Corpus(tokenizer=tokenizer, train=train, val=val)
+    return Corpus(tokenizer=tokenizer, train=train, val=val, sha256=hashlib.sha256(raw).hexdigest())
 
 
 def sample_batch(data: torch.Tensor, batch_size: int, block_size: int,

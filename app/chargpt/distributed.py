@@ -173,6 +173,11 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float, log
         f"master={env.master_addr}:{env.master_port}")
 
 
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,9 +1,12 @@
-"""Fault injection for reliability tests: TRAIN_FAULT_CHECKPOINT_PAUSE="STEP:SECONDS".
+"""Fault injection for reliability tests, set through environment variables.
 
-When set, global rank 0 writes the first half of checkpoint STEP's temp file, flushes and fsyncs
-it, pauses SECONDS and then finishes the write: a window in which a test can kill it mid-write.
-Only the first attempt of a torchrun agent pauses (TORCHELASTIC_RESTART_COUNT unset or 0), so the
-run that resumes after the kill does not pause again.
+TRAIN_FAULT_CHECKPOINT_PAUSE="STEP:SECONDS": global rank 0 writes the first half of checkpoint
+STEP's temp file, flushes and fsyncs it, pauses SECONDS and then finishes the write: a window in
+which a test can kill it mid-write. Only the first attempt of a torchrun agent pauses
+(TORCHELASTIC_RESTART_COUNT unset or 0), so the run that resumes after the kill does not pause again.
+
+TRAIN_FAULT_REFUSE_CHECK="TEXT": `chargpt check` fails as bad input (exit 2) with TEXT in its
+message, standing in for a bad setting that only the trainer can see.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 CHECKPOINT_PAUSE_VARIABLE = "TRAIN_FAULT_CHECKPOINT_PAUSE"
+REFUSE_CHECK_VARIABLE = "TRAIN_FAULT_REFUSE_CHECK"
 
 
 class FaultInjectionError(ValueError):
-    """The fault-injection variable does not parse; the message shows the expected form."""
+    """A fault-injection variable does not parse (the message shows the expected form), or asks
+    for a refusal."""
 
 
 @dataclass(frozen=True)
@@ -50,3 +55,12 @@ def checkpoint_pause(environ: Mapping[str, str] | None = None) -> CheckpointPaus
     if environ.get("TORCHELASTIC_RESTART_COUNT", "0").strip() not in ("", "0"):
         return None  # a restarted attempt resumes; it must not pause again
     return CheckpointPause(step, seconds)
+
+
+def refuse_check(environ: Mapping[str, str] | None = None) -> None:
+    """Raise, as bad input, when TRAIN_FAULT_REFUSE_CHECK is set."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(REFUSE_CHECK_VARIABLE, "").strip()
+    if text:
+        raise FaultInjectionError(f"{text} (fault injection: {REFUSE_CHECK_VARIABLE} is set; unset it "
+                                  "to run the real check)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,12 @@ class GPTConfig:
     bias: bool = True
     tie_embeddings: bool = True  # lm_head shares the token embedding's weights (GPT-2)
     activation: str = "gelu"  # of the MLP, "gelu" or "relu"; models saved before it was a setting used GELU
+
+
+def model_args(settings, vocab_size: int) -> GPTConfig:
+    """The model's shape from a training config: every GPTConfig field from the setting of the same name."""
+    shape = {field.name: getattr(settings, field.name) for field in fields(GPTConfig) if field.name != "vocab_size"}
+    return GPTConfig(vocab_size=vocab_size, **shape)
 
 
 class CausalSelfAttention(nn.Module):

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,57 +15,24 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, distributed
-from .config import TrainConfig, build_config, parse_assignments
-from .data import CharTokenizer, Corpus, load_corpus, sample_batch
+from .attempts import record_attempt
+from .check import check_inputs
+from .config import TrainConfig
+from .data import Corpus, sample_batch
 from .distributed import DistEnv
 from .faults import CheckpointPause, checkpoint_pause
-from .model import GPT, GPTConfig
+from .model import GPT, model_args
 from .outputs import plot_losses, read_metrics, write_final_model
+from .resume import Resume, experiment_id
 from .sample import sample_text
-
-
-class ResumeError(ValueError):
-    """The run directory holds a checkpoint that this configuration cannot continue."""
 
 
 def log(message: str) -> None:
     print(f"[chargpt] {message}", flush=True)
 
 
-@dataclass
-class Resume:
-    """What rank 0 found in the run directory before the process group existed."""
-    state: dict | None
-
-
-def model_args(config: TrainConfig, vocab_size: int) -> GPTConfig:
-    """The model's shape: every GPTConfig field comes from the config of the same name."""
-    shape = {field.name: getattr(config, field.name) for field in fields(GPTConfig) if field.name != "vocab_size"}
-    return GPTConfig(vocab_size=vocab_size, **shape)
-
-
-def find_resume_state(run_dir: Path, config: TrainConfig, tokenizer: CharTokenizer) -> Resume:
-    """Rank 0, before any distributed setup: the newest valid checkpoint, checked against us."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ResumeError(f"run directory {run_dir} exists and is not a directory; pick another --run-dir")
-    state = checkpoint.load_latest_checkpoint(run_dir, warn=lambda text: log(f"warning: {text}"))
-    if state is None:
-        return Resume(None)
-    if state["step"] > config.max_steps:
-        raise ResumeError(f"run directory {run_dir} holds a checkpoint of step {state['step']}, past "
-                          f"max_steps={config.max_steps}; raise max_steps or use a new --run-dir")
-    if state["vocab"] != tokenizer.chars:
-        raise ResumeError(f"run directory {run_dir} holds a checkpoint trained on another corpus "
-                          "(its vocabulary differs); use a new --run-dir or the same --data")
-    expected = model_args(config, tokenizer.vocab_size).__dict__
-    # Through GPTConfig, so that a setting the checkpoint predates counts with its old default.
-    saved = GPTConfig(**state["model_args"]).__dict__
-    for key, value in saved.items():
-        if expected.get(key) != value and key != "dropout":
-            raise ResumeError(f"run directory {run_dir} holds a checkpoint with {key}={value} but the "
-                              f"configuration says {key}={expected.get(key)}; use a new --run-dir or "
-                              "the checkpoint's settings")
-    return Resume(state)
+def warn(message: str) -> None:
+    log(f"warning: {message}")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -202,8 +169,11 @@ class ProgressLogger:
         self.window_steps += 1
 
     def should_log(self, step: int) -> bool:
-        # Also at every evaluation, so that its metrics carry the tokens/s of the steps before it.
-        return (is_due(step, self.config.log_interval, self.config)
+        # The first step of every start: a deployment sees that every rank trained (the loss is
+        # all-reduced). Also at every evaluation, so that its metrics carry the tokens/s of the
+        # steps before it.
+        return (step == self.start_step + 1
+                or is_due(step, self.config.log_interval, self.config)
                 or is_due(step, self.config.eval_interval, self.config))
 
     def log(self, step: int) -> None:
@@ -280,7 +250,7 @@ class Checkpointer:
     model: GPT
     optimizer: torch.optim.Optimizer
     config: TrainConfig
-    tokenizer: CharTokenizer
+    corpus: Corpus
     generator: torch.Generator
     env: DistEnv
     device: torch.device
@@ -295,7 +265,8 @@ class Checkpointer:
             return
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step,
                  "config": self.config.to_dict(), "model_args": self.model.config.__dict__,
-                 "vocab": self.tokenizer.chars, "rng": rng_states, "world_size": self.env.world_size}
+                 "vocab": self.corpus.tokenizer.chars, "corpus_sha256": self.corpus.sha256,
+                 "rng": rng_states, "world_size": self.env.world_size}
         path = checkpoint.save_checkpoint(self.run_dir, step, state, self.config.keep_checkpoints,
                                           self._halfway(step))
         log(f"checkpoint {path.name} written")
@@ -351,12 +322,12 @@ def parallelize(model: GPT, config: TrainConfig, env: DistEnv, device: torch.dev
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, env: DistEnv, device: torch.device, model: GPT,
-                    start_step: int) -> None:
+                    start_step: int, corpus_sha256: str) -> None:
     """Rank 0: the run directory ready for this run, and the lines that open its log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temp_files(run_dir)
     (run_dir / "summary.json").unlink(missing_ok=True)  # it marks a finished run: not this one yet
-    checkpoint.atomic_write_json(run_dir / "config.json", config.to_dict())
+    record_attempt(run_dir, config, env.world_size, start_step or None, corpus_sha256, warn)
     micro_batch, accumulation = config.micro_batches(env.world_size)
     log(f"world_size={env.world_size} device={device} threads/rank={torch.get_num_threads()} "
         f"params={model.num_parameters():,} vocab={model.config.vocab_size} "
@@ -393,14 +364,13 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
     autocast = autocast_context(config, device)
     micro_batch, accumulation = config.micro_batches(env.world_size)
     if env.is_main:
-        prepare_run_dir(run_dir, config, env, device, model, start_step)
+        prepare_run_dir(run_dir, config, env, device, model, start_step, corpus.sha256)
 
     started = time.perf_counter()
     progress = ProgressLogger(config, env, device, start_step, started)
     evaluator = Evaluator(model, corpus, config, env, micro_batch, device, autocast,
                           run_dir / "metrics.jsonl", started)
-    checkpointer = Checkpointer(run_dir, model, optimizer, config, corpus.tokenizer, generator, env, device,
-                                pause)
+    checkpointer = Checkpointer(run_dir, model, optimizer, config, corpus, generator, env, device, pause)
     for step in range(start_step + 1, config.max_steps + 1):
         progress.record(train_step(wrapped, optimizer, corpus, config, step - 1, micro_batch, accumulation,
                                    generator, device, autocast))
@@ -412,14 +382,15 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
             checkpointer.save(step)
 
     if env.is_main:
-        finish(run_dir, model, config, corpus.tokenizer, env, device, start_step, evaluator.final_val_loss(),
+        finish(run_dir, model, config, corpus, env, device, start_step, evaluator.final_val_loss(),
                time.perf_counter() - started)
     return model
 
 
-def finish(run_dir: Path, model: GPT, config: TrainConfig, tokenizer: CharTokenizer, env: DistEnv,
+def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: DistEnv,
            device: torch.device, start_step: int, val_loss: float | None, train_seconds: float) -> None:
     """The final model, a sample, the loss plot, and summary.json last."""
+    tokenizer = corpus.tokenizer
     write_final_model(run_dir / "model.pt", model, tokenizer)
     start = "\n" if "\n" in tokenizer.index else tokenizer.chars[0]
     text = sample_text(model, tokenizer, start, config.sample_chars, config.sample_temperature,
@@ -429,7 +400,8 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, tokenizer: CharTokeni
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
     summary = {"status": "complete", "final_step": config.max_steps, "world_size": env.world_size,
                "final_val_loss": val_loss, "resumed_from_step": start_step or None,
-               "train_seconds": round(train_seconds, 3)}
+               "train_seconds": round(train_seconds, 3), "corpus_sha256": corpus.sha256,
+               "config": config.to_dict(), "experiment": experiment_id(config, corpus.sha256)}
     checkpoint.atomic_write_json(run_dir / "summary.json", summary)
     log(f"done: final val loss {val_loss if val_loss is None else round(val_loss, 4)}; outputs in {run_dir}")
 
@@ -438,17 +410,19 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
     """Check every input, then join the process group and train. Returns this rank's model."""
     distributed.check_node_rank()
     env = distributed.read_env()
-    config = build_config(preset, parse_assignments(assignments))
-    config.check_world_size(env.world_size)
     pause = checkpoint_pause()
-    corpus = load_corpus(data, config.block_size, config.val_fraction)
     # Only rank 0's host has the run directory; it checks it before anyone joins the group.
-    resume = find_resume_state(Path(run_dir), config, corpus.tokenizer) if env.is_main else Resume(None)
+    inputs = check_inputs(data, preset, assignments, env.world_size, Path(run_dir) if env.is_main else None,
+                          warn)
+    config, corpus, resume = inputs.config, inputs.corpus, inputs.resume
     device = distributed.choose_device(config.device, env)
     distributed.init_process_group(env, device, config.dist_timeout_s,
                                    log=log if env.local_rank == 0 else (lambda message: None))
     try:
-        return run(config, corpus, Path(run_dir), env, resume, device, pause)
+        model = run(config, corpus, Path(run_dir), env, resume, device, pause)
+        # Rank 0 wrote the outputs meanwhile: every rank leaves the group at the same time.
+        distributed.barrier()
+        return model
     except RuntimeError as error:
         failure = distributed.peer_failure(error, env.rank, config.dist_timeout_s)
         if failure is None:

@@ -14,6 +14,11 @@ from .helpers import local_inventory, output, run_playbook
 # What may differ between two hosts' files: the node rank (and the names, aliases and labels built
 # from it), the master alias (on rank 0 only) and the interface.
 PER_HOST_ENV = {"NODE_RANK", "NODE_ADDR", "GLOO_SOCKET_IFNAME"}
+# What the trainer role has worked out when it renders: the image's name, and the trainer's verdict
+# on the configuration and the corpus (the preflight's `chargpt check`).
+CORPUS_SHA256 = "5f1d7c1e" * 8
+RENDER_FACTS = {"trainer_image_ref": "chargpt-trainer:0123456789ab",
+                "trainer_experiment": {"corpus_sha256": CORPUS_SHA256, "experiment": "0" * 16}}
 
 
 def render(tmp_path: Path, master, workers, host_vars=None, group_vars=None) -> dict[str, dict]:
@@ -21,7 +26,7 @@ def render(tmp_path: Path, master, workers, host_vars=None, group_vars=None) -> 
     host_vars = copy.deepcopy(host_vars or {})
     for name in master + workers:
         host_vars.setdefault(name, {})["trainer_compose_dir"] = str(out / name)
-    group_vars = {"trainer_image_ref": "chargpt-trainer:0123456789ab", **(group_vars or {})}
+    group_vars = {**RENDER_FACTS, **(group_vars or {})}
     inventory = local_inventory(tmp_path / "hosts.yml", master, workers, host_vars=host_vars,
                                 group_vars=group_vars)
     result = run_playbook("tests/deploy/render_compose.yml", inventory)
@@ -79,7 +84,8 @@ def test_container_is_confined_and_attached_to_the_overlay(tmp_path):
     assert service["user"] == "10001:10001"
     assert "ports" not in service and "expose" not in service
     assert "privileged" not in service and "network_mode" not in service
-    assert service["restart"] == "on-failure:3"
+    assert service["restart"] == "no"  # the supervisor unit restarts it, except after exit 2
+    assert service["labels"]["org.chargpt.corpus-sha256"] == CORPUS_SHA256
     assert (service["mem_limit"], service["pids_limit"], service["shm_size"]) == ("8g", 4096, "1g")
     assert "deploy" not in service  # no GPUs unless configured
     assert compose["networks"]["overlay"] == {"name": "pytorch-dist-overlay-net", "external": True}
@@ -96,9 +102,10 @@ def test_settings_reach_every_host(tmp_path):
     files = render(tmp_path, ["node1"], ["node2", "node3"], group_vars={
         "cluster_nproc_per_node": 2, "trainer_master_port": 29600, "trainer_preset": "smoke",
         "trainer_run_id": "run-7", "trainer_overrides": {"max_steps": 100, "lr": 0.001, "compile": True},
-        "trainer_gpus": "all", "trainer_restart_max_retries": 5, "trainer_torchrun_max_restarts": 2,
+        "trainer_gpus": "all", "trainer_allow_config_change": ["max_steps", "lr"], "trainer_torchrun_max_restarts": 2,
         "trainer_memory_limit": "2g", "cluster_overlay_network": "other-net", "trainer_torchrun_join_timeout_s": 90,
-        "trainer_environment": {"TRAIN_FAULT_CHECKPOINT_PAUSE": "100:30", "OMP_NUM_THREADS": 2}})
+        "trainer_environment": {"TRAIN_FAULT_CHECKPOINT_PAUSE": "100:30", "OMP_NUM_THREADS": 2,
+                                "LITERAL": "a $b ${c} $$d"}})
     for rank, name in enumerate(["node1", "node2", "node3"]):
         service = files[name]["services"]["trainer"]
         env = service["environment"]
@@ -110,8 +117,10 @@ def test_settings_reach_every_host(tmp_path):
         assert (env["CHARGPT_MAX_STEPS"], env["CHARGPT_LR"], env["CHARGPT_COMPILE"]) == ("100", "0.001", "True")
         assert env["TORCHRUN_MAX_RESTARTS"] == "2"
         assert env["TORCHRUN_JOIN_TIMEOUT_S"] == "90"
+        assert env["CHARGPT_ALLOW_CONFIG_CHANGE"] == "max_steps,lr"
         assert (env["TRAIN_FAULT_CHECKPOINT_PAUSE"], env["OMP_NUM_THREADS"]) == ("100:30", "2")
-        assert service["restart"] == "on-failure:5"
+        # Compose reads "$$" as a literal "$": what the container gets is the value as given.
+        assert env["LITERAL"] == "a $$b $${c} $$$$d"
         assert service["mem_limit"] == "2g"
         assert service["deploy"]["resources"]["reservations"]["devices"] == [
             {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
@@ -153,7 +162,7 @@ def test_no_compose_file_for_a_host_missing_from_the_play(tmp_path):
     out = tmp_path / "compose"
     host_vars = {name: {"trainer_compose_dir": str(out / name)} for name in ("node1", "node2", "node3")}
     inventory = local_inventory(tmp_path / "hosts.yml", ["node1"], ["node2", "node3"], host_vars=host_vars,
-                                group_vars={"trainer_image_ref": "chargpt-trainer:0123456789ab"})
+                                group_vars=RENDER_FACTS)
     result = run_playbook("tests/deploy/render_compose.yml", inventory, "--limit", "node1,node2")
     text = output(result)
     assert result.returncode != 0, text

@@ -156,36 +156,97 @@ def test_interface_that_exists(tmp_path):
     assert result.returncode == 0, output(result)
 
 
+# The corpus and the trainer's settings are judged by the trainer's own code (`chargpt check`): the
+# messages are the trainer's.
 def test_missing_corpus(tmp_path):
     missing = tmp_path / "nothing.txt"
     assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(missing)}),
-                   f"The corpus {missing} does not exist on the control node", "trainer_corpus_path")
+                   f"chargpt: error: corpus {missing} does not exist or is not a file")
 
 
 def test_empty_corpus(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(empty)}),
-                   f"The corpus {empty} is empty")
+                   f"chargpt: error: corpus {empty} is empty")
 
 
-def test_corpus_too_short(tmp_path):
+def test_corpus_too_short_for_the_context(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("To be, or not to be.\n" * 10)
     assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(short)}),
-                   "has 210 bytes, fewer than trainer_corpus_min_bytes (4096)")
+                   f"corpus {short} is too short: its validation split has 21 characters but block_size=64")
+
+
+def test_block_size_too_long_for_the_corpus(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_overrides": {"block_size": 200_000}}),
+                   "too short: its validation split has", "block_size=200000")
 
 
 def test_corpus_not_text(tmp_path):
     binary = tmp_path / "corpus.bin"
     binary.write_bytes(CORPUS.read_bytes()[:8192] + bytes(range(128, 256)) * 40)
     assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(binary)}),
-                   f"The corpus {binary} is not UTF-8 text")
+                   f"chargpt: error: corpus {binary} is not UTF-8 text")
+
+
+def test_utf16_corpus(tmp_path):
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes(CORPUS.read_text()[:20_000].encode("utf-16"))
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(utf16)}),
+                   f"chargpt: error: corpus {utf16} ", "not UTF-8 text")
+
+
+def test_symlinked_corpus_is_followed(tmp_path):
+    link = tmp_path / "input.txt"
+    link.symlink_to(CORPUS)
+    result = preflight(tmp_path, group_vars={"trainer_corpus_path": str(link)})
+    assert result.returncode == 0, output(result)
 
 
 def test_corpus_is_a_folder(tmp_path):
     assert_stopped(preflight(tmp_path, group_vars={"trainer_corpus_path": str(tmp_path)}),
-                   "is not a regular file")
+                   "does not exist or is not a file")
+
+
+@pytest.mark.parametrize("overrides, shown", [
+    ({"max_step": 10}, "unknown config key 'max_step'"),
+    ({"max_steps": "ten"}, "bad value 'ten' for max_steps"),
+    ({"lr": "nan"}, "lr=nan is not a finite number"),
+    ({"lr": "inf"}, "lr=inf is not a finite number"),
+    ({"dropout": 1.5}, "dropout=1.5 must be in [0, 1)"),
+    ({"allow_config_change": "max_steps"}, "allow_config_change is set with trainer_allow_config_change"),
+])
+def test_overrides_the_trainer_refuses(tmp_path, overrides, shown):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_overrides": overrides}), shown)
+
+
+def test_an_unknown_preset(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_preset": "giant"}), "unknown preset 'giant'")
+
+
+def test_a_world_size_that_does_not_divide_the_batch(tmp_path):
+    # The smoke preset's global batch of 12 does not split over 5 hosts.
+    assert_stopped(preflight(tmp_path, workers=["node2", "node3", "node4", "node5"],
+                             group_vars={"trainer_preset": "smoke"}),
+                   "batch_size=12 is not divisible by the world size 5")
+
+
+def test_an_allowed_change_of_a_shape_key(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_allow_config_change": ["n_embd"]}),
+                   "allow_config_change names n_embd, which set the model's shape")
+
+
+@pytest.mark.parametrize("name, value, shown", [
+    ("trainer_run_id", "../escape", 'trainer_run_id is "../escape"'),
+    ("trainer_run_id", "a b", 'trainer_run_id is "a b"'),
+    ("trainer_run_id", "x;reboot", 'trainer_run_id is "x;reboot"'),
+    ("trainer_supervisor_unit", "x.service; rm -rf /", "trainer_supervisor_unit is"),
+    ("cluster_name", "Chargpt Prod", 'cluster_name is "Chargpt Prod"'),
+    ("cluster_name", "$(reboot)", "cluster_name is"),
+])
+def test_unsafe_names(tmp_path, name, value, shown):
+    assert_stopped(preflight(tmp_path, group_vars={name: value}), shown, "Pick another")
 
 
 def test_registry_without_tag(tmp_path):

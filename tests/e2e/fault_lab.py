@@ -6,7 +6,8 @@ The cases (tests/e2e/test_faults_*.py) share one lab (E2E_FAULTS_LAB_NAME, defau
 separate from the session lab of test_lab_scenarios.py because they deploy with other variables.
 Each run case starts a run of its own (its own run id). pytest runs the files in name order, which
 is the order the cases need: the bad inputs on the settled lab first, the faults during a run, then
-the re-run and the case that adds a third host, last."""
+the runs that change their experiment, the faults during a run, then the re-run and the case that
+adds a third host, last."""
 
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ DIST_TIMEOUT_S = 20
 # How much later than dist_timeout_s after the pause rank 0 may report the timeout.
 TIMEOUT_MARGIN_S = 15
 CHECKPOINT_PAUSE_S = 45
-EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "7"]
+EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "7",
+                  "8a", "8b", "8c", "8d"]
 # The role defaults that decide how a run recovers, recorded with the results.
-RECOVERY_DEFAULTS = ["trainer_torchrun_max_restarts", "trainer_restart_max_retries", "trainer_supervisor_restart_sec"]
+RECOVERY_DEFAULTS = ["trainer_torchrun_max_restarts", "trainer_supervisor_restart_sec"]
 
 
 def run_vars(run_id: str, overrides: dict, wait: bool = False, environment: dict | None = None) -> dict:

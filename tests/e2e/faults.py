@@ -217,6 +217,9 @@ def snapshot_host(host: str) -> dict:
                          "ids=$(docker ps -aq --no-trunc); [ -z \"$ids\" ] || docker inspect --format "
                          "'{{.Id}} {{.Name}} {{.State.StartedAt}} {{.RestartCount}} {{.State.Status}}' $ids | sort",
                          check=False).stdout
+    # Both are never empty on a deployed host: an empty one means the commands failed.
+    assert files.strip() and containers.strip(), f"{host}: the snapshot read nothing (files {files!r}, containers " \
+                                                 f"{containers!r}): is the host up?"
     return {"files": files.splitlines(), "containers": containers.splitlines()}
 
 

@@ -48,13 +48,12 @@ def render_text(data: dict) -> str:
         "Settings: preset `{preset}` with `{overrides}` for the fault runs (`{long}` for the runs that must outlast a "
         "playbook run); faults injected after step {inject}; `dist_timeout_s` {timeout} in case 4 (allowed margin "
         "{margin} s); rank 0 paused {pause} s mid-checkpoint in case 3; role defaults "
-        "`trainer_torchrun_max_restarts` {restarts}, `trainer_restart_max_retries` {retries}, "
-        "`trainer_supervisor_restart_sec` {restart_sec}.".format(
+        "`trainer_torchrun_max_restarts` {restarts}, `trainer_supervisor_restart_sec` {restart_sec}.".format(
             preset=settings["trainer_preset"], overrides=json.dumps(settings["fault_overrides"]),
             long=json.dumps(settings["long_overrides"]), inject=settings["inject_after_step"],
             timeout=settings["dist_timeout_s"], margin=settings["timeout_margin_s"],
             pause=settings["checkpoint_pause_s"], restarts=settings["trainer_torchrun_max_restarts"],
-            retries=settings["trainer_restart_max_retries"], restart_sec=settings["trainer_supervisor_restart_sec"]),
+            restart_sec=settings["trainer_supervisor_restart_sec"]),
         "",
         "*Progress lost*: the last step rank 0 logged before the restart minus the step the run resumed from "
         "(every step is logged). *Time to recover*: from the injection to the first training step logged after "

@@ -69,16 +69,17 @@ BAD_INPUTS = [
      lambda tmp: host_var("trainer_gloo_socket_ifname", "nosuch0"),
      ['trainer_gloo_socket_ifname is "nosuch0", but {worker} has no such interface', "or to auto"]),
     ("6g", "corpus missing", lambda tmp: group_var("trainer_corpus_path", write_corpus(tmp, "missing.txt", None)),
-     ["The corpus {corpus} does not exist on the control node", "trainer_corpus_path"]),
+     ["corpus {corpus} does not exist or is not a file"]),
     ("6h", "corpus empty", lambda tmp: group_var("trainer_corpus_path", write_corpus(tmp, "empty.txt", b"")),
-     ["The corpus {corpus} is empty"]),
+     ["corpus {corpus} is empty"]),
     ("6i", "corpus not UTF-8 text",
      lambda tmp: group_var("trainer_corpus_path", write_corpus(
          tmp, "latin1.txt", CORPUS.read_bytes()[:8192] + "Très élégant\n".encode("latin-1") * 100)),
-     ["The corpus {corpus} is not UTF-8 text", "iconv"]),
-    ("6j", "corpus too short for the context (1000 bytes)",
-     lambda tmp: group_var("trainer_corpus_path", write_corpus(tmp, "short.txt", CORPUS.read_bytes()[:1000])),
-     ["The corpus {corpus} has 1000 bytes, fewer than trainer_corpus_min_bytes"]),
+     ["corpus {corpus} is not UTF-8 text", "convert it to UTF-8"]),
+    # The smoke preset's context is 32 characters; the validation split of 300 has 30.
+    ("6j", "corpus too short for the context (300 bytes)",
+     lambda tmp: group_var("trainer_corpus_path", write_corpus(tmp, "short.txt", CORPUS.read_bytes()[:300])),
+     ["corpus {corpus} is too short: its validation split has 30 characters but block_size=32"]),
 ]
 
 

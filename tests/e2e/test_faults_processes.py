@@ -101,6 +101,8 @@ def test_rank0_killed_while_writing_a_checkpoint(fault_lab):
         assert_resumed_from_newest_checkpoint(run, recovery, summary)
         warnings = [line.text for line in run.rank0_log() if "unreadable" in line.text]
         result.details["unreadable_checkpoint_warnings"] = warnings
+        # The torn write stayed a temp file: no checkpoint the resume read was unreadable.
+        assert not warnings, f"{run.run_id}: unreadable checkpoints after a torn write: {warnings}"
         result.outcome = (f"the torn write stayed a temp file; the previous checkpoint (step {recovery.resumed_from}) "
                           f"loaded; completed {summary['final_step']} steps")
 
@@ -127,6 +129,7 @@ def test_worker_paused_past_the_collective_timeout(fault_lab):
             result.details["stopped_process_left_behind"] = left_behind
             if left_behind:
                 on_host(worker, "kill", "-CONT", str(pid), check=False)
+        assert not left_behind, f"{worker}: the stopped training process {pid} outlived the restart of its group"
         recovery = run.recovery(injected_at)
         record_recovery(result, recovery, injected_at)
         assert_completed(run, summary)

@@ -40,7 +40,8 @@ def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
     more_steps = dict(TRAIN_OVERRIDES, max_steps=TRAIN_OVERRIDES["max_steps"] + 40)
 
     lab.command("add")
-    assert_succeeded(lab.playbook("site.yml", "-e", json.dumps({"trainer_overrides": more_steps}),
+    assert_succeeded(lab.playbook("site.yml", "-e", json.dumps({"trainer_overrides": more_steps,
+                                                                "trainer_allow_config_change": ["max_steps"]}),
                                   log_name="site-third-host"))
 
     cluster = Cluster(lab.inventory)
@@ -82,7 +83,8 @@ def test_removed_host_leaves_and_run_resumes(lab, artifacts_dir, tmp_path):
     # The lab's inventory (group_vars inlined) without the leaving host.
     inventory = Inventory.read(lab.inventory).without(leaving).write(tmp_path / "hosts.yml")
     assert_succeeded(lab.playbook("site.yml", "-e",
-                                  json.dumps({"trainer_overrides": more_steps, "trainer_wait_timeout_s": 600}),
+                                  json.dumps({"trainer_overrides": more_steps, "trainer_allow_config_change": ["max_steps"],
+                                              "trainer_wait_timeout_s": 600}),
                                   log_name="site-host-removed", inventory=inventory))
 
     after = json.loads(summary_file.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -57,3 +58,9 @@ def torchrun_command(nproc: int, *args: str) -> list[str]:
 def run_process(command: list[str], timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=child_env(**extra_env), capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below folder: to show that nothing changed."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}

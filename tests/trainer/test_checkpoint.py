@@ -69,15 +69,52 @@ def test_stale_temp_files_are_removed(tmp_path):
 
 def test_a_checkpoint_from_before_the_activation_setting_counts_as_gelu(tmp_path):
     from chargpt.config import build_config
-    from chargpt.data import CharTokenizer
-    from chargpt.train import ResumeError, find_resume_state, model_args
+    from chargpt.data import CharTokenizer, Corpus
+    from chargpt.model import model_args
+    from chargpt.resume import ResumeError, find_resume_state
 
     tokenizer = CharTokenizer(["a", "b"])
+    corpus = Corpus(tokenizer, torch.zeros(0), torch.zeros(0), sha256="0" * 64)
     config = build_config("smoke", environ={})
     saved_args = model_args(config, tokenizer.vocab_size).__dict__
     del saved_args["activation"]  # as written before the setting existed
     checkpoint.save_checkpoint(tmp_path, 10, dict(state(10), model_args=saved_args, vocab=tokenizer.chars), keep=1)
     with pytest.raises(ResumeError, match="activation=gelu but the configuration says activation=relu"):
-        find_resume_state(tmp_path, config, tokenizer)
+        find_resume_state(tmp_path, config, corpus, warn=pytest.fail)
     gelu = build_config("smoke", {"activation": "gelu"}, environ={})
-    assert find_resume_state(tmp_path, gelu, tokenizer).state["step"] == 10
+    assert find_resume_state(tmp_path, gelu, corpus, warn=pytest.fail).state["step"] == 10
+
+
+def test_rotation_keeps_the_new_checkpoint_among_stale_later_ones(tmp_path):
+    """A run that started again from step 0 while files of later steps (unreadable ones) remained."""
+    for step in (60, 80):
+        checkpoint.checkpoint_path(tmp_path, step).parent.mkdir(exist_ok=True)
+        checkpoint.checkpoint_path(tmp_path, step).write_bytes(b"torn")
+    checkpoint.save_checkpoint(tmp_path, 20, state(20), keep=1)
+    assert [step for step, _ in checkpoint.list_checkpoints(tmp_path)] == [20]
+    checkpoint.checkpoint_path(tmp_path, 80).write_bytes(b"torn")
+    checkpoint.save_checkpoint(tmp_path, 40, state(40), keep=2)
+    assert [step for step, _ in checkpoint.list_checkpoints(tmp_path)] == [40, 80]
+    assert checkpoint.load_checkpoint(checkpoint.checkpoint_path(tmp_path, 40))["step"] == 40
+
+
+def test_checkpoints_that_all_fail_to_load_are_refused_and_kept(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "ckpt-00000010.pt").write_bytes(b"")
+    (folder / "ckpt-00000020.pt").write_bytes(b"not a checkpoint")
+    warnings = []
+    with pytest.raises(checkpoint.UnreadableCheckpoints) as caught:
+        checkpoint.load_latest_checkpoint(tmp_path, warn=warnings.append)
+    message = str(caught.value)
+    assert message.startswith(f"run directory {tmp_path} has checkpoints but none loads: ckpt-00000020.pt (")
+    assert "; ckpt-00000010.pt (" in message and "\n" not in message
+    assert message.endswith(f"move them out of {folder} to start again from step 0, or restore a good one")
+    assert len(warnings) == 2
+    assert sorted(os.listdir(folder)) == ["ckpt-00000010.pt", "ckpt-00000020.pt"]
+
+
+def test_rotation_with_fewer_files_than_kept_deletes_nothing(tmp_path):
+    for step in (10, 20, 30, 40):
+        checkpoint.save_checkpoint(tmp_path, step, state(step), keep=5)
+    assert [step for step, _ in checkpoint.list_checkpoints(tmp_path)] == [10, 20, 30, 40]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 
 import pytest
 
-from conftest import chargpt_command, run_process, torchrun_command
-
-
-def snapshot(folder) -> dict[str, str]:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+from chargpt import checkpoint
+from chargpt.config import TrainConfig
+from chargpt.resume import experiment_id
+from conftest import chargpt_command, run_process, snapshot, torchrun_command
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,7 @@ def finished_run(corpus_path, tmp_path_factory):
                                          "--run-dir", str(run_dir)))
     assert result.returncode == 0, result.stderr
     assert "sample (200 characters)" in result.stdout
+    assert "[chargpt] step 1/80 | loss " in result.stdout  # the first step of every start is logged
     assert (run_dir / "sample.txt").read_text() in result.stdout
     return run_dir
 
@@ -43,6 +44,9 @@ def bad_corpus(tmp_path, content: bytes | None):
     ("unknown env key", "unknown config key 'speed' (from environment variable CHARGPT_SPEED)"),
     ("other model in run dir", "holds a checkpoint with n_embd=64 but the configuration says n_embd=32"),
     ("checkpoint past max_steps", "holds a checkpoint of step 80, past max_steps=50"),
+    ("other corpus in run dir", "was trained on another corpus (sha256 "),
+    ("changed setting", "was trained with other settings: seed 1337 -> 7; one run id is one experiment"),
+    ("model shape allowed to change", "allow_config_change names n_embd, which set the model's shape"),
 ])
 def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
         finished_run, corpus_path, tmp_path, case, expected):
@@ -67,6 +71,12 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
         extra = ["--set", "n_embd=32"]
     elif case == "checkpoint past max_steps":
         extra = ["--set", "max_steps=50"]
+    elif case == "other corpus in run dir":
+        data = bad_corpus(tmp_path, corpus_path.read_bytes()[::-1])
+    elif case == "changed setting":
+        env = {"CHARGPT_SEED": "7"}
+    elif case == "model shape allowed to change":
+        extra = ["--set", "n_embd=32", "--set", "allow_config_change=n_embd"]
     before = snapshot(finished_run)
     result = run_process(chargpt_command("train", "--data", data, "--preset", preset,
                                          "--run-dir", str(finished_run), *extra), **env)
@@ -92,6 +102,52 @@ def test_a_finished_run_resumed_again_changes_nothing_but_the_outputs(finished_r
                                          "--run-dir", str(finished_run)))
     assert result.returncode == 0, result.stderr
     assert "resumed from step 80" in result.stdout
+
+
+def test_a_run_continues_with_an_allowed_change_and_keeps_its_history(finished_run, corpus_path, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    result = run_process(chargpt_command("train", "--data", str(corpus_path), "--preset", "smoke",
+                                         "--run-dir", str(run_dir)),
+                         CHARGPT_MAX_STEPS="100", CHARGPT_ALLOW_CONFIG_CHANGE="max_steps")
+    assert result.returncode == 0, result.stderr
+    assert ("[chargpt] warning: resuming step 80 with changed settings that allow_config_change accepts: "
+            "max_steps 80 -> 100") in result.stdout
+    assert "resumed from step 80" in result.stdout
+    assert "[chargpt] step 81/100 | loss " in result.stdout  # the first step of every start is logged
+    before = json.loads((finished_run / "config.json").read_text())["attempts"]
+    attempts = json.loads((run_dir / "config.json").read_text())["attempts"]
+    assert attempts[:-1] == before  # one more attempt: the history is kept
+    first, second = attempts[0], attempts[-1]
+    digest = hashlib.sha256(corpus_path.read_bytes()).hexdigest()
+    assert (first["resumed_from_step"], first["world_size"], first["corpus_sha256"]) == (None, 1, digest)
+    assert (second["resumed_from_step"], second["config"]["max_steps"]) == (80, 100)
+    assert first["config"]["max_steps"] == 80 and first["started_at"] <= second["started_at"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["final_step"], summary["resumed_from_step"], summary["corpus_sha256"]) == (100, 80, digest)
+    assert summary["config"] == second["config"]
+    assert summary["experiment"] == experiment_id(TrainConfig(**second["config"]), digest)
+    state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(run_dir, 100))
+    assert state["corpus_sha256"] == digest and state["config"] == second["config"]
+
+
+def test_checkpoints_that_all_fail_to_load_stop_the_run_and_stay(corpus_path, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "ckpt-00000040.pt").write_bytes(b"torn")
+    (run_dir / "checkpoints" / "ckpt-00000080.pt").write_bytes(b"")
+    (run_dir / "metrics.jsonl").write_text('{"step": 40, "train_loss": 2.0, "val_loss": 2.1}\n')
+    before = snapshot(run_dir)
+    result = run_process(chargpt_command("train", "--data", str(corpus_path), "--preset", "smoke",
+                                         "--run-dir", str(run_dir)))
+    assert result.returncode == 2
+    [error] = result.stderr.strip().splitlines()
+    assert error.startswith(f"chargpt: error: run directory {run_dir} has checkpoints but none loads: "
+                            "ckpt-00000080.pt (")
+    assert "; ckpt-00000040.pt (" in error
+    assert error.endswith(f"move them out of {run_dir / 'checkpoints'} to start again from step 0, or restore "
+                          "a good one")
+    assert snapshot(run_dir) == before
 
 
 def test_sample_continues_the_prompt_reproducibly(finished_run):

@@ -1,3 +1,6 @@
+import dataclasses
+import math
+
 import pytest
 
 from chargpt.config import PRESETS, ConfigError, TrainConfig, build_config, parse_assignments
@@ -50,6 +53,18 @@ def test_values_are_parsed_by_type():
     ("cpu", {"min_lr": "0.5"}, {}, "min_lr=0.5 must not exceed lr"),
     ("cpu", {"dist_timeout_s": "0"}, {}, "dist_timeout_s=0.0 must be positive"),
     ("cpu", {"warmup_steps": "-2"}, {}, "warmup_steps=-2 must not be negative"),
+    ("cpu", {"lr": "nan"}, {}, "lr=nan is not a finite number (from --set lr); set lr to a finite number "
+                              "such as 0.001, or remove the override to keep the preset's value"),
+    ("cpu", {}, {"CHARGPT_DROPOUT": "NaN"}, "dropout=nan is not a finite number (from environment variable "
+                                            "CHARGPT_DROPOUT)"),
+    ("cpu", {"grad_clip": "inf"}, {}, "grad_clip=inf is not a finite number"),
+    ("cpu", {}, {"CHARGPT_MIN_LR": "-inf"}, "min_lr=-inf is not a finite number"),
+    ("cpu", {"dist_timeout_s": "Infinity"}, {}, "dist_timeout_s=inf is not a finite number"),
+    ("cpu", {"allow_config_change": "max_steps,max_step"}, {},
+     "allow_config_change names unknown key(s) max_step; list config keys"),
+    ("cpu", {"allow_config_change": "max_steps, n_embd"}, {},
+     "allow_config_change names n_embd, which set the model's shape: a checkpoint cannot load into another "
+     "shape"),
 ])
 def test_bad_input_names_the_key(preset, overrides, environ, message):
     with pytest.raises(ConfigError) as caught:
@@ -68,6 +83,27 @@ def test_wrong_python_type_is_rejected():
         TrainConfig(n_layer="4")
     with pytest.raises(ConfigError, match="compile=1 must be of type bool"):
         TrainConfig(compile=1)
+
+
+@pytest.mark.parametrize("name", [field.name for field in dataclasses.fields(TrainConfig) if field.type == "float"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_refuses_non_finite_values_from_the_dataclass_too(name, value):
+    with pytest.raises(ConfigError, match=f"{name}={value} is not a finite number; set {name} to a finite"):
+        TrainConfig(**{name: value})
+
+
+def test_allow_config_change_lists_keys():
+    config = build_config("cpu", {"allow_config_change": " Max_Steps, lr,,dropout "}, environ={})
+    assert config.allowed_changes == {"max_steps", "lr", "dropout"}
+    assert build_config("cpu", environ={}).allowed_changes == frozenset()
+
+
+def test_the_model_shape_keys_are_the_gpt_config_fields_but_vocabulary_and_dropout():
+    from chargpt.config import MODEL_SHAPE_KEYS, RUNTIME_KEYS
+    from chargpt.model import GPTConfig
+
+    assert MODEL_SHAPE_KEYS == {field.name for field in dataclasses.fields(GPTConfig)} - {"vocab_size", "dropout"}
+    assert RUNTIME_KEYS <= set(TrainConfig().to_dict()) and not RUNTIME_KEYS & MODEL_SHAPE_KEYS
 
 
 def test_batch_must_split_over_the_world():

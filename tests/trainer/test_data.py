@@ -1,3 +1,6 @@
+import hashlib
+import re
+
 import pytest
 import torch
 
@@ -54,3 +57,22 @@ def test_corpus_too_short_for_the_context_in_the_training_split(tmp_path):
     path.write_text("x" * 100)  # training split: 50 characters
     with pytest.raises(CorpusError, match="training split has 50 characters"):
         load_corpus(path, block_size=64, val_fraction=0.5)
+
+
+@pytest.mark.parametrize("encoding, message", [
+    ("utf-16", "is not UTF-8 text (bad byte at offset 0); convert it to UTF-8"),  # with its byte-order mark
+    ("utf-16-le", "contains NUL bytes, so it is not UTF-8 text (UTF-16 text has them); convert it to UTF-8"),
+])
+def test_a_utf16_corpus_is_refused_with_the_fix(tmp_path, encoding, message):
+    path = tmp_path / "corpus.txt"
+    path.write_text("to be or not to be\n" * 50, encoding=encoding)
+    with pytest.raises(CorpusError, match=re.escape(message)):
+        load_corpus(path, block_size=8, val_fraction=0.1)
+
+
+def test_the_corpus_hash_is_of_its_bytes_and_a_symlink_is_followed(corpus_path, tmp_path):
+    link = tmp_path / "link.txt"
+    link.symlink_to(corpus_path)
+    corpus = load_corpus(link, block_size=64, val_fraction=0.1)
+    assert corpus.sha256 == hashlib.sha256(corpus_path.read_bytes()).hexdigest()
+    assert corpus.characters == len(corpus_path.read_text(encoding="utf-8"))

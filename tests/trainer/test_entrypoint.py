@@ -1,5 +1,5 @@
 """The image's entrypoint script, run with stand-ins for torchrun and chargpt that print their arguments
-and save their environment."""
+and save their environment. The chargpt stand-in's `check` fails with FAKE_CHECK_STATUS when it is set."""
 
 from __future__ import annotations
 
@@ -17,11 +17,20 @@ IMAGE_DEFAULTS = {"NNODES": "1", "NPROC_PER_NODE": "1", "NODE_RANK": "0", "MASTE
                   "TORCHRUN_MAX_RESTARTS": "0", "NODE_ADDR": "127.0.0.1", "TORCHRUN_JOIN_TIMEOUT_S": "600"}
 
 
+FAKE_CHECK = """
+if [ "$1" = check ] && [ -n "${FAKE_CHECK_STATUS:-}" ]; then
+    echo "chargpt: error: the fake check fails" >&2
+    exit "$FAKE_CHECK_STATUS"
+fi
+"""
+
+
 @pytest.fixture
 def fake_bin(tmp_path):
     for name in ("torchrun", "chargpt"):
         script = tmp_path / name
-        script.write_text(f'#!/bin/sh\nenv > "$0.env"\necho {name}\nfor arg in "$@"; do echo "$arg"; done\n')
+        script.write_text(f'#!/bin/sh\nenv > "$0.env"\necho {name}\nfor arg in "$@"; do echo "$arg"; done\n'
+                          + (FAKE_CHECK if name == "chargpt" else ""))
         script.chmod(0o755)
     return tmp_path
 
@@ -45,15 +54,42 @@ def test_train_launches_torchrun_with_the_environment(fake_bin):
         "--data", "/data/input.txt", "--run-dir", "/runs/r1", "--preset", "smoke"]
 
 
-def test_trainer_settings_reach_the_trainer_untouched(fake_bin):
+def test_trainer_settings_reach_the_check_and_the_trainer_untouched(fake_bin):
     settings = {"CHARGPT_MAX_STEPS": "10", "CHARGPT_DTYPE": "two  words", "CHARGPT_DEVICE": "*",
                 "CHARGPT_SEED": "$HOME ${PATH} $(echo expanded)"}
     result = entrypoint(fake_bin, **settings)
     assert result.returncode == 0, result.stderr
     assert "--set" not in result.stdout.splitlines()
-    lines = (fake_bin / "torchrun.env").read_text().splitlines()
-    assert {name: value for name, _, value in (line.partition("=") for line in lines)
-            if name.startswith("CHARGPT_")} == settings
+    for program in ("chargpt", "torchrun"):
+        lines = (fake_bin / f"{program}.env").read_text().splitlines()
+        assert {name: value for name, _, value in (line.partition("=") for line in lines)
+                if name.startswith("CHARGPT_")} == settings
+
+
+def test_train_checks_the_inputs_before_torchrun(fake_bin):
+    result = entrypoint(fake_bin, NNODES="2", NPROC_PER_NODE="3", RUN_ID="r1", TRAIN_PRESET="smoke")
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.splitlines()
+    assert words[:words.index("torchrun")][:10] == [
+        "chargpt", "check", "--data", "/data/input.txt", "--preset", "smoke", "--world-size", "6",
+        "--run-dir", "/runs/r1"]
+    assert "torchrun" in words
+
+
+def test_extra_train_arguments_reach_the_check_too(fake_bin):
+    result = entrypoint(fake_bin, "train", "--set", "max_steps=5")
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.splitlines()
+    assert words[:4] == ["chargpt", "check", "--set", "max_steps=5"]
+    assert words[-8:-6] == ["--set", "max_steps=5"]
+
+
+@pytest.mark.parametrize("status", [2, 1])
+def test_a_failing_check_stops_before_torchrun_with_its_status(fake_bin, status):
+    result = entrypoint(fake_bin, FAKE_CHECK_STATUS=str(status))
+    assert result.returncode == status
+    assert result.stderr == "chargpt: error: the fake check fails\n"
+    assert "torchrun" not in result.stdout and not (fake_bin / "torchrun.env").exists()
 
 
 def test_the_master_hosts_the_rendezvous(fake_bin):

@@ -18,10 +18,11 @@ import torch.multiprocessing as mp
 
 from chargpt import checkpoint
 from chargpt.distributed import DistributedError, check_node_rank, peer_failure
-from chargpt.faults import CheckpointPause, FaultInjectionError, checkpoint_pause
+from chargpt.faults import CheckpointPause, FaultInjectionError, checkpoint_pause, refuse_check
 from conftest import chargpt_command, child_env, free_port, run_process, torchrun_command
 
 PAUSE = "TRAIN_FAULT_CHECKPOINT_PAUSE"
+REFUSE = "TRAIN_FAULT_REFUSE_CHECK"
 
 
 # The fault-injection variable.
@@ -57,6 +58,24 @@ def test_halfway_runs_with_the_first_half_on_disk_and_the_write_then_completes(t
     assert seen == [data[:len(data) // 2]]
     assert target.read_bytes() == data
     assert os.listdir(tmp_path) == ["file.bin"]
+
+
+def test_refuse_check_raises_only_when_set():
+    refuse_check({})
+    refuse_check({REFUSE: "  "})  # blank counts as unset
+    with pytest.raises(FaultInjectionError, match=f"^bad knob \\(fault injection: {REFUSE} is set; unset it"):
+        refuse_check({REFUSE: " bad knob "})
+
+
+def test_a_refused_check_exits_2_with_one_line_and_writes_nothing(corpus_path, tmp_path):
+    """What the lab uses for "a bad setting only the trainer can see"."""
+    run_dir = tmp_path / "run"
+    result = run_process(chargpt_command("check", "--data", str(corpus_path), "--preset", "smoke",
+                                         "--run-dir", str(run_dir), "--json"), **{REFUSE: "learning rate too hot"})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [f"chargpt: error: learning rate too hot (fault injection: {REFUSE} is "
+                                          "set; unset it to run the real check)"]
+    assert not run_dir.exists()
 
 
 # NODE_RANK (the inventory's) against GROUP_RANK (torchrun's rendezvous).

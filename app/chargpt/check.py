@@ -1,0 +1,46 @@
+"""`chargpt check`: a run's inputs checked by the trainer's own code, before anything runs.
+
+The Ansible preflight runs it on the control node and the image's entrypoint before torchrun, so
+that bad input (exit 2, it would fail again) stops a deployment before a host changes, and `train`
+runs the same checks. It only reads: nothing in the run directory changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from .config import TrainConfig, build_config, parse_assignments
+from .data import Corpus, load_corpus
+from .resume import Resume, experiment_id, find_resume_state
+
+
+@dataclass
+class CheckedInputs:
+    config: TrainConfig
+    corpus: Corpus
+    world_size: int
+    resume: Resume
+
+    def report(self) -> dict:
+        """What `chargpt check --json` prints."""
+        return {"config": self.config.to_dict(), "corpus_sha256": self.corpus.sha256,
+                "corpus_chars": self.corpus.characters, "world_size": self.world_size,
+                "resume_step": self.resume.step, "experiment": experiment_id(self.config, self.corpus.sha256)}
+
+    def summary_line(self, preset: str) -> str:
+        start = "starts at step 0" if self.resume.step is None else f"resumes from step {self.resume.step}"
+        return (f"chargpt: check passed: preset {preset}, world size {self.world_size}, corpus "
+                f"{self.corpus.characters:,} characters (sha256 {self.corpus.sha256}), {start}")
+
+
+def check_inputs(data: Path, preset: str, assignments: list[str], world_size: int, run_dir: Path | None,
+                 warn: Callable[[str], None], environ: Mapping[str, str] | None = None) -> CheckedInputs:
+    """The config (preset, CHARGPT_<KEY> variables, --set), the batch against the world size, the
+    corpus and, with a run directory, what resuming there would find. Raises on bad input."""
+    config = build_config(preset, parse_assignments(assignments), environ)
+    config.check_world_size(world_size)
+    corpus = load_corpus(data, config.block_size, config.val_fraction)
+    resume = Resume(None) if run_dir is None else find_resume_state(Path(run_dir), config, corpus, warn)
+    return CheckedInputs(config, corpus, world_size, resume)

@@ -1,0 +1,57 @@
+"""The trainer role's artifact installer (roles/trainer/files/install_artifacts.py): the fetched
+files replace artifacts/<run id>/ whole, an earlier run's files are moved aside, never mixed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .helpers import REPO
+
+SCRIPT = REPO / "roles" / "trainer" / "files" / "install_artifacts.py"
+FILES = ["model.pt", "summary.json"]
+
+
+def install(staging, dest) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(staging), str(dest), *FILES],
+                          capture_output=True, text=True, timeout=60)
+
+
+def fill(folder, tag: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        (folder / name).write_text(f"{name} of {tag}\n")
+    return folder
+
+
+def test_first_install_then_unchanged(tmp_path):
+    staging, dest = fill(tmp_path / ".staging" / "run", "run 1"), tmp_path / "run"
+    first = install(staging, dest)
+    assert first.returncode == 0 and first.stdout.strip() == "installed", first.stderr
+    assert (dest / "model.pt").read_text() == "model.pt of run 1\n"
+    again = install(staging, dest)
+    assert again.stdout.strip() == "unchanged"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".staging", "run"]
+
+
+def test_an_earlier_run_is_moved_aside_whole(tmp_path):
+    dest = tmp_path / "run"
+    install(fill(tmp_path / ".staging" / "run", "run 1"), dest)
+    result = install(fill(tmp_path / ".staging" / "run", "run 2"), dest)
+    assert result.returncode == 0 and result.stdout.startswith("installed; the earlier files moved aside to"), result
+    [aside] = [path for path in tmp_path.iterdir() if path.name.startswith("run.")]
+    assert {path.name: path.read_text() for path in aside.iterdir()} == {
+        "model.pt": "model.pt of run 1\n", "summary.json": "summary.json of run 1\n"}
+    assert {path.name: path.read_text() for path in dest.iterdir()} == {
+        "model.pt": "model.pt of run 2\n", "summary.json": "summary.json of run 2\n"}
+
+
+def test_an_incomplete_fetch_installs_nothing(tmp_path):
+    dest = tmp_path / "run"
+    install(fill(tmp_path / ".staging" / "run", "run 1"), dest)
+    staging = fill(tmp_path / ".staging" / "run", "run 2")
+    (staging / "summary.json").unlink()
+    result = install(staging, dest)
+    assert result.returncode != 0 and "lacks summary.json" in result.stderr
+    assert (dest / "model.pt").read_text() == "model.pt of run 1\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".staging", "run"]
