@@ -32,11 +32,13 @@ from .reliability import DOC_FILE, render
 LAB_NAME = os.environ.get("E2E_FAULTS_LAB_NAME", "e2e-faults")
 PRESET = "smoke"
 # The smoke model with a bigger batch and context: about 60 ms a step on 2 cores, so that a fault
-# lands mid-run at a step the test chose. Every step is logged, for the progress-lost figure.
-FAULT_OVERRIDES = {"max_steps": 300, "log_interval": 1, "checkpoint_interval": 50, "eval_interval": 100,
+# lands mid-run at a step the test chose (site.yml returns once the run trains, some steps in).
+# Every step is logged, for the progress-lost figure.
+FAULT_OVERRIDES = {"max_steps": 600, "log_interval": 1, "checkpoint_interval": 50, "eval_interval": 100,
                    "batch_size": 48, "block_size": 64}
 CHECKPOINT_INTERVAL = FAULT_OVERRIDES["checkpoint_interval"]
-# Where the faults land: between the checkpoints of steps 50 and 100.
+# Where the faults land: halfway between two checkpoints, the first such step from this one on
+# that the run has not reached when site.yml returns.
 INJECT_AFTER_STEP = 75
 # Runs that must outlast a playbook run (the re-run case, the unreachable host case).
 LONG_OVERRIDES = dict(FAULT_OVERRIDES, max_steps=2000, log_interval=10, checkpoint_interval=500,

@@ -116,6 +116,10 @@ class FaultRun:
                 + self.log_tail())
             time.sleep(0.5)
 
+    def latest_step(self) -> int:
+        """The newest step rank 0 logged (0 before the first)."""
+        return max((int(m[1]) for line in self.rank0_log() if (m := STEP_LINE.search(line.text))), default=0)
+
     def wait_for_step(self, step: int, timeout: float = 300) -> LogLine:
         line, _ = self.wait_for(STEP_LINE, timeout=timeout, accept=lambda match: int(match[1]) >= step)
         return line

@@ -46,7 +46,7 @@ def render_text(data: dict) -> str:
         f"{machine['memory_gib']} GiB, Docker engine {machine['docker_engine']}, Python {machine['python']}.",
         "",
         "Settings: preset `{preset}` with `{overrides}` for the fault runs (`{long}` for the runs that must outlast a "
-        "playbook run); faults injected after step {inject}; `dist_timeout_s` {timeout} in case 4 (allowed margin "
+        "playbook run); faults injected halfway between two checkpoints, at step {inject} or the first such step after site.yml returned; `dist_timeout_s` {timeout} in case 4 (allowed margin "
         "{margin} s); rank 0 paused {pause} s mid-checkpoint in case 3; role defaults "
         "`trainer_torchrun_max_restarts` {restarts}, `trainer_supervisor_restart_sec` {restart_sec}.".format(
             preset=settings["trainer_preset"], overrides=json.dumps(settings["fault_overrides"]),

@@ -38,9 +38,17 @@ def record_recovery(result: CaseResult, recovery, injected_at: datetime) -> None
 
 
 def start_until_injection(fault_lab, name: str, overrides: dict) -> tuple[FaultRun, str]:
-    """Start a run and follow it to INJECT_AFTER_STEP: the run, and the worker that the fault hits."""
+    """Start a run and follow it to a step halfway between two checkpoints (INJECT_AFTER_STEP, or the
+    first such step the run has not reached when site.yml returns): the run, and the worker that
+    the fault hits."""
     run = fault_lab.start(name, overrides)
-    run.wait_for_step(INJECT_AFTER_STEP)
+    reached = run.latest_step()
+    target = INJECT_AFTER_STEP
+    if reached >= INJECT_AFTER_STEP:
+        target = (reached // CHECKPOINT_INTERVAL + 1) * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
+    assert target < overrides["max_steps"] - CHECKPOINT_INTERVAL, (
+        f"{run.run_id} is at step {reached} of {overrides['max_steps']} when site.yml returned: too late for a fault")
+    run.wait_for_step(target)
     return run, run.cluster.names[1]
 
 
