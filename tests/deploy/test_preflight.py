@@ -98,6 +98,16 @@ def test_wrong_types_are_refused_by_the_argument_specs(tmp_path, name, value, ki
                    f"unable to convert to {kind}")
 
 
+@pytest.mark.parametrize("old, new", [
+    ("trainer_node_rank", "set cluster_node_rank instead"),
+    ("trainer_nproc_per_node", "set cluster_nproc_per_node instead"),
+    ("overlay_network_name", "set cluster_overlay_network instead"),
+    ("trainer_restart_max_retries", "the trainer's supervisor unit restarts it"),
+])
+def test_a_setting_under_its_old_name_is_refused(tmp_path, old, new):
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {old: 1}}), f"{old} is no setting any more: {new}")
+
+
 def test_values_the_argument_specs_convert_work(tmp_path):
     """A number or boolean written as a string means what it says (the roles convert it where they use it)."""
     host_vars = {"node2": {"cluster_node_rank": "1", "cluster_nproc_per_node": "1", "trainer_wait": "no",
