@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO_ROOT / "app"))
 from chargpt.config import TrainConfig, build_config  # noqa: E402
 from chargpt.data import Corpus, load_corpus  # noqa: E402
 from chargpt.distributed import DistEnv  # noqa: E402
-from chargpt.model import GPT  # noqa: E402
-from chargpt.train import build_optimizer, cpu_threads, model_args, train_step  # noqa: E402
+from chargpt.model import GPT, model_args  # noqa: E402
+from chargpt.train import build_optimizer, cpu_threads, train_step  # noqa: E402
 
 TARGET_VAL_LOSS = 1.89
 

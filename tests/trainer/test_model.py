@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from chargpt.config import build_config
-from chargpt.model import GPT, GPTConfig
-from chargpt.train import model_args
+from chargpt.model import GPT, GPTConfig, model_args
 
 
 def small_model(**overrides) -> GPT:
