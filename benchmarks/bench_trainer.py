@@ -1,253 +1,227 @@
-"""Benchmark of the chargpt trainer on this machine (not a test: it prints figures).
+"""Benchmark of the chargpt trainer against nanoGPT on this machine (not a test: it prints figures).
 
-1. Training throughput (tokens/s) of chargpt and of a reference written the way the original demo
-   was (one module per attention head, a Python loop over the heads, masked softmax by hand), both
-   at the `cpu` preset's shapes with the same thread count; and the ratio (target >= 1.3x).
-2. The wall time to val loss <= 1.89 on tiny-shakespeare with the `cpu` preset, as the real CLI
-   trains it, median of 3 runs (target: within 2000 steps and under 80 s of training). By default
-   the runs are DDP runs of one single-threaded rank per core (`torchrun --nproc-per-node <cores>`),
-   the fastest layout on a few CPU cores; `--nproc 1` times one process that uses every core.
+Both trainers run through their own command lines, one process each, alternately, at nanoGPT's CPU
+recipe shapes (4 layers, 4 heads, 128 wide, context 64, batch 12, dropout 0) with the same number
+of threads:
 
-    python benchmarks/bench_trainer.py [--data PATH] [--runs 3] [--nproc N] [--set KEY=VALUE ...]
-                                       [--skip-throughput] [--skip-convergence]
+1. Speed: ms per training step and tokens/s, evaluations excluded, median of the steps after the
+   first 50 of each trial, median of the trials: nanoGPT's train.py, chargpt as shipped (its
+   default precision for this CPU), and chargpt in float32 (nanoGPT's precision on a CPU). The
+   headline is the ratio chargpt / nanoGPT in tokens/s (target >= 1.3x).
+2. Time to val loss <= 1.89 with the `cpu` preset, evaluations included, per seed and the median
+   (target < 50 s), with nanoGPT's recipe beside it (its seed is fixed, so one run of it is shown
+   per seed of ours).
+
+Without --nanogpt only chargpt's figures are printed. With it, DIR is a checkout of
+karpathy/nanoGPT; its data/shakespeare_char is prepared from --data with its own prepare.py
+unless it already holds that corpus.
+
+    python benchmarks/bench_trainer.py [--nanogpt DIR] [--data PATH] [--threads N] [--trials 3]
+        [--steps 300] [--runs 3] [--set KEY=VALUE ...] [--skip-speed] [--skip-convergence]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-# The same OpenMP setting as the trainer (chargpt/__init__.py) for both contenders; before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "app"))
-
-from chargpt.config import TrainConfig, build_config  # noqa: E402
-from chargpt.data import Corpus, load_corpus  # noqa: E402
-from chargpt.distributed import DistEnv  # noqa: E402
-from chargpt.model import GPT, model_args  # noqa: E402
-from chargpt.train import build_optimizer, cpu_threads, train_step  # noqa: E402
-
 TARGET_VAL_LOSS = 1.89
+WARMUP_STEPS = 50  # steps of each trial left out of its median
+# nanoGPT's README command for a CPU, less the steps and the evaluation cadence, which each part sets.
+NANOGPT_CPU_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+                      "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+                      "--n_embd=128", "--lr_decay_iters=2000", "--dropout=0.0"]
+NANOGPT_ITER = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
+NANOGPT_EVAL = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)")
+CHARGPT_STEP = re.compile(r"^\[chargpt\] step (\d+)/\d+ .*\| ([\d,]+) tokens/s")
+TOKENS_PER_STEP = 12 * 64
 
 
-# The reference: the original demo's model, as it was written.
-class Head(nn.Module):
-    def __init__(self, n_embd, head_size, block_size, dropout):
-        super().__init__()
-        self.key = nn.Linear(n_embd, head_size, bias=False)
-        self.query = nn.Linear(n_embd, head_size, bias=False)
-        self.value = nn.Linear(n_embd, head_size, bias=False)
-        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        _, time_steps, _ = x.shape
-        k = self.key(x)
-        q = self.query(x)
-        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
-        wei = wei.masked_fill(self.tril[:time_steps, :time_steps] == 0, float("-inf"))
-        wei = self.dropout(F.softmax(wei, dim=-1))
-        return wei @ self.value(x)
+@dataclass
+class Contender:
+    name: str
+    command: list[str]
+    cwd: Path
+    env: dict[str, str]
 
 
-class MultiHeadAttention(nn.Module):
-    def __init__(self, n_embd, n_head, block_size, dropout):
-        super().__init__()
-        self.heads = nn.ModuleList(Head(n_embd, n_embd // n_head, block_size, dropout) for _ in range(n_head))
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        out = torch.cat([head(x) for head in self.heads], dim=-1)
-        return self.dropout(self.proj(out))
+def chargpt(data: Path, threads: int, run_dir: Path, assignments: list[str]) -> Contender:
+    command = [sys.executable, "-m", "chargpt", "train", "--data", str(data), "--preset", "cpu",
+               "--run-dir", str(run_dir), "--set", f"num_threads={threads}"]
+    for assignment in assignments:
+        command += ["--set", assignment]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CHARGPT_")}
+    env["PYTHONPATH"] = str(REPO_ROOT / "app")
+    return Contender("chargpt", command, REPO_ROOT, env)
 
 
-class FeedForward(nn.Module):
-    def __init__(self, n_embd, dropout):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.ReLU(), nn.Linear(4 * n_embd, n_embd),
-                                 nn.Dropout(dropout))
-
-    def forward(self, x):
-        return self.net(x)
+def nanogpt(checkout: Path, threads: int, out_dir: Path, arguments: list[str]) -> Contender:
+    command = [sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--out_dir={out_dir}", *arguments]
+    # nanoGPT leaves the thread count to torch, which takes OMP_NUM_THREADS.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    return Contender("nanoGPT", command, checkout, env)
 
 
-class ReferenceBlock(nn.Module):
-    def __init__(self, n_embd, n_head, block_size, dropout):
-        super().__init__()
-        self.sa = MultiHeadAttention(n_embd, n_head, block_size, dropout)
-        self.ffwd = FeedForward(n_embd, dropout)
-        self.ln1 = nn.LayerNorm(n_embd)
-        self.ln2 = nn.LayerNorm(n_embd)
-
-    def forward(self, x):
-        x = x + self.sa(self.ln1(x))
-        return x + self.ffwd(self.ln2(x))
-
-
-class ReferenceLanguageModel(nn.Module):
-    def __init__(self, vocab_size, n_embd, n_head, n_layer, block_size, dropout):
-        super().__init__()
-        self.token_embedding_table = nn.Embedding(vocab_size, n_embd)
-        self.position_embedding_table = nn.Embedding(block_size, n_embd)
-        self.blocks = nn.Sequential(*[ReferenceBlock(n_embd, n_head, block_size, dropout) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size)
-
-    def forward(self, idx, targets):
-        batch, time_steps = idx.shape
-        x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(time_steps))
-        logits = self.lm_head(self.ln_f(self.blocks(x)))
-        return logits, F.cross_entropy(logits.view(batch * time_steps, -1), targets.view(batch * time_steps))
+def run_timed(contender: Contender) -> list[tuple[float, str]]:
+    """Run to the end; each output line with the seconds since start at which it arrived."""
+    started = time.perf_counter()
+    lines = []
+    with subprocess.Popen(contender.command, cwd=contender.cwd, env=contender.env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            lines.append((time.perf_counter() - started, line.rstrip("\n")))
+    if process.returncode:
+        tail = "\n".join(line for _, line in lines[-30:])
+        sys.exit(f"{contender.name} exited {process.returncode}: {' '.join(contender.command)}\n{tail}")
+    return lines
 
 
-def reference_get_batch(data, batch_size, block_size):
-    ix = torch.randint(len(data) - block_size, (batch_size,))
-    x = torch.stack([data[i:i + block_size] for i in ix])
-    y = torch.stack([data[i + 1:i + block_size + 1] for i in ix])
-    return x, y
+def ms_per_step(contender: Contender, lines: list[tuple[float, str]]) -> float:
+    """Median ms a step after the first WARMUP_STEPS, from each trainer's own step lines."""
+    if contender.name == "nanoGPT":
+        times = [float(match[2]) for _, line in lines if (match := NANOGPT_ITER.match(line))
+                 and int(match[1]) > WARMUP_STEPS]
+    else:  # each line's tokens/s covers the steps since the one before
+        times = [TOKENS_PER_STEP * 1000 / float(match[2].replace(",", "")) for _, line in lines
+                 if (match := CHARGPT_STEP.match(line)) and int(match[1]) > WARMUP_STEPS]
+    if not times:
+        sys.exit(f"{contender.name} printed no step timings after step {WARMUP_STEPS}")
+    return statistics.median(times)
 
 
-def time_steps(step, warmup: int, steps: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) for steps steps after warmup ones."""
-    for index in range(warmup):
-        step(index)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for index in range(steps):
-        step(warmup + index)
-    return time.perf_counter() - started, time.process_time() - cpu_started
+def prepare_nanogpt_data(checkout: Path, data: Path) -> None:
+    """nanoGPT's shakespeare_char data from our corpus, by its own prepare.py, unless it is there."""
+    folder = checkout / "data" / "shakespeare_char"
+    if not (checkout / "train.py").is_file() or not (folder / "prepare.py").is_file():
+        sys.exit(f"--nanogpt {checkout} is not a nanoGPT checkout (no train.py or data/shakespeare_char/prepare.py)")
+    source = folder / "input.txt"
+    prepared = all((folder / name).is_file() for name in ("train.bin", "val.bin", "meta.pkl"))
+    if prepared and source.is_file() and source.read_bytes() == data.read_bytes():
+        return
+    shutil.copyfile(data, source)
+    subprocess.run([sys.executable, "prepare.py"], cwd=folder, check=True, stdout=subprocess.DEVNULL)
+    print(f"prepared {folder} from {data}")
 
 
-def tokens_per_second(config: TrainConfig, steps: int, seconds: tuple[float, float]) -> tuple[float, float]:
-    """Tokens per wall second and per CPU second (the latter barely moves when other work shares the cores)."""
-    tokens = steps * config.batch_size * config.block_size
-    return tokens / seconds[0], tokens / seconds[1]
-
-
-def reference_tokens_per_s(config: TrainConfig, corpus: Corpus, warmup: int, steps: int) -> tuple[float, float]:
-    torch.manual_seed(0)
-    model = ReferenceLanguageModel(corpus.tokenizer.vocab_size, config.n_embd, config.n_head, config.n_layer,
-                                   config.block_size, config.dropout)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-
-    def step(_):
-        xb, yb = reference_get_batch(corpus.train, config.batch_size, config.block_size)
-        _, loss = model(xb, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return tokens_per_second(config, steps, time_steps(step, warmup, steps))
-
-
-def chargpt_tokens_per_s(config: TrainConfig, corpus: Corpus, warmup: int, steps: int) -> tuple[float, float]:
-    torch.manual_seed(0)
-    device = torch.device("cpu")
-    model = GPT(model_args(config, corpus.tokenizer.vocab_size))
-    optimizer = build_optimizer(model, config)
-    generator = torch.Generator().manual_seed(0)
-    micro_batch, accumulation = config.micro_batches(1)
-
-    def step(index):
-        train_step(model, optimizer, corpus, config, index, micro_batch, accumulation, generator, device,
-                   contextlib.nullcontext())
-
-    return tokens_per_second(config, steps, time_steps(step, warmup, steps))
-
-
-def throughput(data: Path, trials: int, steps: int) -> None:
-    config = build_config("cpu", environ={})
-    corpus = load_corpus(data, config.block_size, config.val_fraction)
-    torch.set_num_threads(cpu_threads(config, DistEnv()))
-    print(f"== throughput at the cpu preset's shapes (batch {config.batch_size} x context {config.block_size}, "
-          f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide), "
-          f"{torch.get_num_threads()} threads, {steps} timed steps, {trials} interleaved trials")
-    ours, reference = [], []
-    for trial in range(trials):
-        reference.append(reference_tokens_per_s(config, corpus, 20, steps))
-        ours.append(chargpt_tokens_per_s(config, corpus, 20, steps))
-        print(f"trial {trial + 1}: reference {reference[-1][0]:,.0f} tokens/s ({reference[-1][1]:,.0f} per CPU-second), "
-              f"chargpt {ours[-1][0]:,.0f} tokens/s ({ours[-1][1]:,.0f} per CPU-second)")
-    for index, unit in ((0, "tokens/s"), (1, "tokens per CPU-second")):
-        ours_median = statistics.median(result[index] for result in ours)
-        reference_median = statistics.median(result[index] for result in reference)
-        print(f"{unit}: reference (per-head modules, loop over heads) {reference_median:,.0f}, chargpt (fused QKV + "
-              f"scaled_dot_product_attention) {ours_median:,.0f}, ratio {ours_median / reference_median:.2f}x "
-              "(target >= 1.3x)")
-
-
-def convergence(data: Path, runs: int, nproc: int, assignments: list[str]) -> None:
-    layout = "one process" if nproc == 1 else f"torchrun --nproc-per-node {nproc} (Gloo)"
-    extra = f" with --set {' '.join(assignments)}" if assignments else ""
-    print(f"== time to val loss <= {TARGET_VAL_LOSS} with the cpu preset{extra}, {runs} runs of the real CLI, {layout}")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    reached, reached_training, walls = [], [], []
-    with tempfile.TemporaryDirectory(prefix="chargpt-bench-") as scratch:
-        for run in range(runs):
-            run_dir = Path(scratch) / f"run{run}"
-            seed = 1337 + run
-            command = [*launcher, "-m", "chargpt", "train", "--data", str(data), "--preset", "cpu",
-                       "--run-dir", str(run_dir), "--set", f"seed={seed}"]
-            for assignment in assignments:
-                command += ["--set", assignment]
-            env = {key: value for key, value in os.environ.items() if not key.startswith("CHARGPT_")}
-            env["PYTHONPATH"] = str(REPO_ROOT / "app")
-            started = time.perf_counter()
-            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-            walls.append(time.perf_counter() - started)
-            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-            hit = next((record for record in records if record["val_loss"] <= TARGET_VAL_LOSS), None)
-            final = records[-1]
-            if hit:
-                reached.append(hit["elapsed_s"])
-                reached_training.append(hit["elapsed_s"] - hit["eval_s"])
-                outcome = (f"val {hit['val_loss']:.4f} at step {hit['step']} after {hit['elapsed_s']:.1f} s of training "
-                           f"({hit['eval_s']:.1f} s of it evaluating)")
+def speed(args: argparse.Namespace, scratch: Path) -> None:
+    contenders = {"chargpt (as shipped)": [], "chargpt (float32)": []}
+    if args.nanogpt:
+        contenders = {"nanoGPT train.py": [], **contenders}
+    print(f"== speed: {args.steps} steps a trial, {args.trials} alternating trials, one process of "
+          f"{args.threads} threads each, median ms a step after step {WARMUP_STEPS}, evaluations excluded")
+    for trial in range(1, args.trials + 1):
+        figures = []
+        for index, (name, results) in enumerate(contenders.items()):
+            folder = scratch / f"speed-{trial}-{index}"
+            if name.startswith("nanoGPT"):
+                contender = nanogpt(args.nanogpt, args.threads, folder,
+                                    [f"--max_iters={args.steps}", f"--eval_interval={args.steps + 1}"])
             else:
-                outcome = "never reached"
-            print(f"run {run + 1} (seed {seed}): {outcome}; final val {final['val_loss']:.4f} at step "
-                  f"{final['step']}, {final['elapsed_s']:.1f} s of training, {walls[-1]:.1f} s wall with start-up")
-    if len(reached) == runs:
-        print(f"median time to val loss <= {TARGET_VAL_LOSS}: {statistics.median(reached):.1f} s of training "
-              f"(target < 80 s), {statistics.median(reached_training):.1f} s without the evaluations; "
-              f"median wall time per run with start-up: {statistics.median(walls):.1f} s")
-    else:
-        print(f"only {len(reached)} of {runs} runs reached val loss <= {TARGET_VAL_LOSS}")
+                dtype = ["dtype=float32"] if "float32" in name else []
+                contender = chargpt(args.data, args.threads, folder,
+                                    [f"max_steps={args.steps}", f"eval_interval={args.steps}", "log_interval=10",
+                                     f"checkpoint_interval={args.steps}", *dtype, *args.assignments])
+            results.append(ms_per_step(contender, run_timed(contender)))
+            figures.append(f"{name} {results[-1]:.1f} ms")
+        print(f"trial {trial}: " + ", ".join(figures), flush=True)
+    medians = {name: statistics.median(results) for name, results in contenders.items()}
+    print("| | ms/step | tokens/s |\n| --- | --- | --- |")
+    for name, median in medians.items():
+        print(f"| {name} | {median:.1f} | {TOKENS_PER_STEP * 1000 / median:,.0f} |")
+    if args.nanogpt:
+        reference = medians["nanoGPT train.py"]
+        for name in ("chargpt (as shipped)", "chargpt (float32)"):
+            print(f"| ratio {name} / nanoGPT, tokens/s | **{reference / medians[name]:.2f}x** | |")
+        print("(target: chargpt as shipped >= 1.3x nanoGPT)")
+
+
+def chargpt_time_to_target(args: argparse.Namespace, run_dir: Path, seed: int) -> tuple[float | None, str]:
+    contender = chargpt(args.data, args.threads, run_dir, [f"seed={seed}", "eval_interval=100", *args.assignments])
+    wall = run_timed(contender)[-1][0]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    hit = next((record for record in records if record["val_loss"] <= TARGET_VAL_LOSS), None)
+    final = records[-1]
+    ending = f"; final val {final['val_loss']:.4f} at step {final['step']}, {wall:.1f} s wall with start-up"
+    if not hit:
+        return None, "never reached" + ending
+    return hit["elapsed_s"], (f"val {hit['val_loss']:.4f} at step {hit['step']} after {hit['elapsed_s']:.1f} s "
+                              f"({hit['eval_s']:.1f} s of it evaluating)" + ending)
+
+
+def nanogpt_time_to_target(args: argparse.Namespace, out_dir: Path) -> tuple[float | None, str]:
+    """From its first step to the evaluation that first reached the target, as the lines arrived."""
+    contender = nanogpt(args.nanogpt, args.threads, out_dir, ["--max_iters=2000", "--eval_interval=100"])
+    lines = run_timed(contender)
+    first = next(at for at, line in lines if NANOGPT_ITER.match(line))
+    evaluations = [(at, int(match[1]), float(match[2])) for at, line in lines if (match := NANOGPT_EVAL.match(line))]
+    hit = next(((at, step, loss) for at, step, loss in evaluations if loss <= TARGET_VAL_LOSS), None)
+    ending = f"; final val {evaluations[-1][2]:.4f} at step {evaluations[-1][1]}, {lines[-1][0]:.1f} s wall"
+    if not hit:
+        return None, "never reached" + ending
+    return hit[0] - first, f"val {hit[2]:.4f} at step {hit[1]} after {hit[0] - first:.1f} s" + ending
+
+
+def convergence(args: argparse.Namespace, scratch: Path) -> None:
+    print(f"== time to val loss <= {TARGET_VAL_LOSS}: the cpu preset by the real CLI, one process of "
+          f"{args.threads} threads, evaluated every 100 steps, {args.runs} seeds"
+          + (f"; nanoGPT's CPU recipe (2000 iterations) evaluated every 100 steps" if args.nanogpt else ""))
+    ours, theirs = [], []
+    for run in range(args.runs):
+        seed = 1337 + run
+        reached, outcome = chargpt_time_to_target(args, scratch / f"converge-{run}", seed)
+        ours.append(reached)
+        print(f"chargpt seed {seed}: {outcome}", flush=True)
+        if args.nanogpt:
+            reached, outcome = nanogpt_time_to_target(args, scratch / f"converge-nanogpt-{run}")
+            theirs.append(reached)
+            print(f"nanoGPT (its seed 1337): {outcome}", flush=True)
+    for name, times in (("chargpt", ours), ("nanoGPT", theirs)):
+        if not times:
+            continue
+        if None in times:
+            print(f"{name}: {times.count(None)} of {len(times)} runs never reached {TARGET_VAL_LOSS}")
+        else:
+            print(f"{name}: median time to val loss <= {TARGET_VAL_LOSS}: {statistics.median(times):.1f} s"
+                  + (" (target < 50 s)" if name == "chargpt" else ""))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nanogpt", type=Path, metavar="DIR", help="a checkout of karpathy/nanoGPT")
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="threads of each trainer (default: every usable core)")
     parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--nproc", type=int, default=len(os.sched_getaffinity(0)),
-                        help="ranks of the convergence runs (default: one per usable core)")
+    parser.add_argument("--steps", type=int, default=300, help="steps of each speed trial")
+    parser.add_argument("--runs", type=int, default=3, help="seeds of the time-to-target runs")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for the convergence runs, e.g. eval_interval=50 (repeatable)")
-    parser.add_argument("--skip-throughput", action="store_true")
+                        help="chargpt config override for every chargpt run (repeatable)")
+    parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-convergence", action="store_true")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    if not args.skip_throughput:
-        throughput(args.data, args.trials, args.steps)
-    if not args.skip_convergence:
-        convergence(args.data, args.runs, args.nproc, args.assignments)
+    args.data = args.data.resolve()
+    if args.nanogpt:
+        args.nanogpt = args.nanogpt.resolve()
+        prepare_nanogpt_data(args.nanogpt, args.data)
+    import torch  # only for the versions line: each trainer runs in a process of its own
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average {os.getloadavg()[0]:.2f} at start")
+    with tempfile.TemporaryDirectory(prefix="chargpt-bench-") as scratch:
+        if not args.skip_speed:
+            speed(args, Path(scratch))
+        if not args.skip_convergence:
+            convergence(args, Path(scratch))
     print(f"load average {os.getloadavg()[0]:.2f} at the end (other work on this machine skews timings)")
 
 

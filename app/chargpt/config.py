@@ -68,7 +68,9 @@ class TrainConfig:
     sample_top_k: int = 0  # 0 = no top-k filtering
     # Runtime.
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    dtype: str = "auto"  # "auto" (bfloat16 autocast on CUDA), "float32" or "bfloat16"
+    # "auto": bfloat16 autocast on CUDA and on CPUs with bfloat16 instructions (AVX512-BF16, AMX), else
+    # float32; or "float32" or "bfloat16".
+    dtype: str = "auto"
     compile: bool = False
     num_threads: int = 0  # CPU threads per rank; 0 = the machine's cores divided among local ranks
     dist_timeout_s: float = 600.0

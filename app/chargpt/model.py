@@ -47,8 +47,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (self.qkv(x)
                    .view(batch, time, 3, self.n_head, channels // self.n_head)
                    .permute(2, 0, 3, 1, 4))
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        dropout = self.dropout if self.training else 0.0
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # The CPU flash-attention kernel runs its backward about 3x slower in bfloat16 than in
+            # float32 (docs/PERFORMANCE.md): only the matrix multiplies around it gain from bfloat16.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout,
+                                                   is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         y = y.transpose(1, 2).reshape(batch, time, channels)
         return self.resid_dropout(self.proj(y))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from .config import TrainConfig
 from .data import Corpus, sample_batch
 from .distributed import DistEnv
 from .faults import CheckpointPause, checkpoint_pause
+from .hardware import autocast_context, compute_dtype, configure_torch
 from .model import GPT, model_args
 from .outputs import plot_losses, read_metrics, write_final_model
 from .resume import Resume, experiment_id
@@ -56,19 +56,6 @@ def build_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
-
-
-def cpu_threads(config: TrainConfig, env: DistEnv) -> int:
-    if config.num_threads:
-        return config.num_threads
-    return max(1, len(os.sched_getaffinity(0)) // max(1, env.local_world_size))
-
-
-def autocast_context(config: TrainConfig, device: torch.device):
-    use_bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def rank_seed(config: TrainConfig, env: DistEnv, step: int = 0) -> int:
@@ -277,13 +264,6 @@ class Checkpointer:
         return lambda path: self.pause.hold(path, log)
 
 
-def configure_torch(config: TrainConfig, env: DistEnv, device: torch.device) -> None:
-    torch.set_num_threads(cpu_threads(config, env))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
 def build_training_state(config: TrainConfig, vocab_size: int, env: DistEnv, device: torch.device,
                          state: dict | None) -> tuple[GPT, torch.optim.AdamW, torch.Generator]:
     """The model, its optimizer and this rank's batch generator: from the checkpoint state, or new."""
@@ -321,15 +301,16 @@ def parallelize(model: GPT, config: TrainConfig, env: DistEnv, device: torch.dev
     return model
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, env: DistEnv, device: torch.device, model: GPT,
-                    start_step: int, corpus_sha256: str) -> None:
+def prepare_run_dir(run_dir: Path, config: TrainConfig, env: DistEnv, device: torch.device, dtype: torch.dtype,
+                    model: GPT, start_step: int, corpus_sha256: str) -> None:
     """Rank 0: the run directory ready for this run, and the lines that open its log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temp_files(run_dir)
     (run_dir / "summary.json").unlink(missing_ok=True)  # it marks a finished run: not this one yet
     record_attempt(run_dir, config, env.world_size, start_step or None, corpus_sha256, warn)
     micro_batch, accumulation = config.micro_batches(env.world_size)
-    log(f"world_size={env.world_size} device={device} threads/rank={torch.get_num_threads()} "
+    log(f"world_size={env.world_size} device={device} dtype={str(dtype).removeprefix('torch.')} "
+        f"threads/rank={torch.get_num_threads()} "
         f"params={model.num_parameters():,} vocab={model.config.vocab_size} "
         f"global batch={config.batch_size} ({micro_batch} x {accumulation} accumulation "
         f"x {env.world_size} ranks) context={config.block_size}")
@@ -361,10 +342,11 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
                                                        state)
     del state  # the received checkpoint: not needed while training
     wrapped = parallelize(model, config, env, device)
-    autocast = autocast_context(config, device)
+    dtype = compute_dtype(config, device)
+    autocast = autocast_context(dtype, device)
     micro_batch, accumulation = config.micro_batches(env.world_size)
     if env.is_main:
-        prepare_run_dir(run_dir, config, env, device, model, start_step, corpus.sha256)
+        prepare_run_dir(run_dir, config, env, device, dtype, model, start_step, corpus.sha256)
 
     started = time.perf_counter()
     progress = ProgressLogger(config, env, device, start_step, started)

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness import REPO
+from harness.inventory import Inventory
 from harness.playbook import assert_succeeded
 from harness.roles import role_default
 
@@ -55,8 +56,12 @@ RECOVERY_DEFAULTS = ["trainer_torchrun_max_restarts", "trainer_supervisor_restar
 
 
 def run_vars(run_id: str, overrides: dict, wait: bool = False, environment: dict | None = None) -> dict:
-    return {"trainer_preset": PRESET, "trainer_run_id": run_id, "trainer_wait": wait, "trainer_overrides": overrides,
-            "trainer_environment": environment or {}}
+    """Extra vars of a run; environment is added to the lab inventory's trainer_environment."""
+    run = {"trainer_preset": PRESET, "trainer_run_id": run_id, "trainer_wait": wait, "trainer_overrides": overrides}
+    if environment:
+        run["trainer_environment"] = {**Inventory.read(REPO / "inventory" / LAB_NAME).all_vars.get(
+            "trainer_environment", {}), **environment}
+    return run
 
 
 def machine() -> dict:

@@ -108,3 +108,31 @@ def test_relu_activation_cuts_negative_values():
     hidden = relu.blocks[0].mlp.up(x)
     assert torch.equal(relu.blocks[0].mlp(x), relu.blocks[0].mlp.down(hidden.clamp(min=0)))
     assert not torch.allclose(gelu.blocks[0].mlp(x), relu.blocks[0].mlp(x))
+
+
+def test_bfloat16_autocast_on_cpu_keeps_attention_in_float32(monkeypatch):
+    """Under CPU autocast the attention itself gets float32 inputs (its bfloat16 backward is slow);
+    the loss and gradients stay close to float32's."""
+    model = small_model().train()
+    idx = torch.randint(0, 11, (3, 16), generator=torch.Generator().manual_seed(1))
+    targets = torch.roll(idx, -1, dims=1)
+    _, reference = model(idx, targets)
+    reference.backward()
+    reference_grads = [param.grad.clone() for param in model.parameters()]
+    model.zero_grad()
+    attention_dtypes = []
+    fused = F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        attention_dtypes.append(q.dtype)
+        return fused(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, targets)
+    loss.backward()
+    assert logits.dtype == torch.bfloat16  # the LM head did run in bfloat16
+    assert attention_dtypes == [torch.float32] * 2
+    assert loss.item() == pytest.approx(reference.item(), rel=0.02)
+    for param, expected in zip(model.parameters(), reference_grads):
+        assert torch.allclose(param.grad, expected, rtol=0.1, atol=2e-3)
