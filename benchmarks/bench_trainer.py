@@ -12,12 +12,15 @@ of threads:
    (target < 50 s), with nanoGPT's recipe beside it (its seed is fixed, so one run of it is shown
    per seed of ours).
 
+3. With --profile: where one chargpt step spends its time, by operator (torch.profiler, 50 steps
+   after 30), in this process, with the --set overrides (e.g. dtype=float32).
+
 Without --nanogpt only chargpt's figures are printed. With it, DIR is a checkout of
 karpathy/nanoGPT; its data/shakespeare_char is prepared from --data with its own prepare.py
 unless it already holds that corpus.
 
     python benchmarks/bench_trainer.py [--nanogpt DIR] [--data PATH] [--threads N] [--trials 3]
-        [--steps 300] [--runs 3] [--set KEY=VALUE ...] [--skip-speed] [--skip-convergence]
+        [--steps 300] [--runs 3] [--set KEY=VALUE ...] [--skip-speed] [--skip-convergence] [--profile]
 """
 
 from __future__ import annotations
@@ -196,6 +199,41 @@ def convergence(args: argparse.Namespace, scratch: Path) -> None:
                   + (" (target < 50 s)" if name == "chargpt" else ""))
 
 
+def profile(args: argparse.Namespace) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile as profiler
+
+    sys.path.insert(0, str(REPO_ROOT / "app"))
+    from chargpt.config import build_config, parse_assignments
+    from chargpt.data import load_corpus
+    from chargpt.hardware import autocast_context, compute_dtype
+    from chargpt.model import GPT, model_args
+    from chargpt.train import build_optimizer, train_step
+
+    config = build_config("cpu", parse_assignments([f"num_threads={args.threads}", *args.assignments]), environ={})
+    corpus = load_corpus(args.data, config.block_size, config.val_fraction)
+    torch.set_num_threads(config.num_threads)
+    device = torch.device("cpu")
+    dtype = compute_dtype(config, device)
+    torch.manual_seed(config.seed)
+    model = GPT(model_args(config, corpus.tokenizer.vocab_size))
+    optimizer = build_optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def step(index: int) -> None:
+        train_step(model, optimizer, corpus, config, index, config.batch_size, 1, generator, device,
+                   autocast_context(dtype, device))
+
+    for index in range(30):
+        step(index)
+    with profiler(activities=[ProfilerActivity.CPU]) as recorded:
+        for index in range(30, 80):
+            step(index)
+    print(f"== profile of 50 chargpt steps, cpu preset, {dtype}, {args.threads} threads (self CPU time; "
+          "divide by 50 for a step)")
+    print(recorded.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nanogpt", type=Path, metavar="DIR", help="a checkout of karpathy/nanoGPT")
@@ -209,6 +247,7 @@ def main() -> None:
                         help="chargpt config override for every chargpt run (repeatable)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-convergence", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print a profile of chargpt's step first")
     args = parser.parse_args()
     args.data = args.data.resolve()
     if args.nanogpt:
@@ -217,6 +256,8 @@ def main() -> None:
     import torch  # only for the versions line: each trainer runs in a process of its own
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average {os.getloadavg()[0]:.2f} at start")
+    if args.profile:
+        profile(args)
     with tempfile.TemporaryDirectory(prefix="chargpt-bench-") as scratch:
         if not args.skip_speed:
             speed(args, Path(scratch))

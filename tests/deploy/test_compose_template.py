@@ -168,3 +168,9 @@ def test_no_compose_file_for_a_host_missing_from_the_play(tmp_path):
     assert result.returncode != 0, text
     assert "node3 dropped out of this play" in text and "world size of 3 that cannot form" in text
     assert not out.exists()
+
+
+def test_cpuset_pins_only_the_hosts_that_set_it(tmp_path):
+    files = render(tmp_path, ["node1"], ["node2"], host_vars={"node2": {"trainer_cpuset": "0,2-3"}})
+    assert "cpuset" not in files["node1"]["services"]["trainer"]
+    assert files["node2"]["services"]["trainer"]["cpuset"] == "0,2-3"

@@ -78,6 +78,7 @@ def test_bad_ranks(tmp_path, ranks, shown):
     ("trainer_torchrun_join_timeout_s", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_start_limit_burst", 0, "an integer of at least 1"),
+    ("trainer_cpuset", "0-3; reboot", 'CPU numbers and ranges such as "0-3"'),
 ])
 def test_values_out_of_range(tmp_path, name, value, expected):
     assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
