@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import torch
+
 from .config import TrainConfig, build_config, parse_assignments
 from .data import Corpus, load_corpus
+from .model import GPT, model_args
 from .resume import Resume, experiment_id, find_resume_state
 
 
@@ -27,7 +30,14 @@ class CheckedInputs:
         """What `chargpt check --json` prints."""
         return {"config": self.config.to_dict(), "corpus_sha256": self.corpus.sha256,
                 "corpus_chars": self.corpus.characters, "world_size": self.world_size,
-                "resume_step": self.resume.step, "experiment": experiment_id(self.config, self.corpus.sha256)}
+                "resume_step": self.resume.step, "experiment": experiment_id(self.config, self.corpus.sha256),
+                "gradient_bytes": self.gradient_bytes()}
+
+    def gradient_bytes(self) -> int:
+        """What DDP all-reduces every step: a float32 gradient per parameter."""
+        with torch.device("meta"):
+            model = GPT(model_args(self.config, self.corpus.tokenizer.vocab_size))
+        return 4 * model.num_parameters()
 
     def summary_line(self, preset: str) -> str:
         start = "starts at step 0" if self.resume.step is None else f"resumes from step {self.resume.step}"

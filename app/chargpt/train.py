@@ -23,6 +23,7 @@ from .faults import CheckpointPause, checkpoint_pause
 from .hardware import autocast_context, compute_dtype, configure_torch
 from .model import GPT, model_args
 from .outputs import plot_losses, read_metrics, write_final_model
+from .progress import write_progress
 from .resume import Resume, experiment_id
 from .sample import sample_text
 
@@ -137,12 +138,15 @@ def is_due(step: int, interval: int, config: TrainConfig) -> bool:
 
 
 class ProgressLogger:
-    """The step lines: loss, tokens/s and ETA over the window of steps since the previous line."""
+    """The step lines: loss, tokens/s and ETA over the window of steps since the previous line; the
+    same figures in each host's progress file (progress.py) when given its run directory."""
 
     def __init__(self, config: TrainConfig, env: DistEnv, device: torch.device, start_step: int,
-                 started: float):
+                 started: float, run_dir: Path | None = None):
         self.config, self.env, self.device = config, env, device
         self.start_step, self.started = start_step, started
+        self.progress_dir = run_dir if env.local_rank == 0 else None
+        self.train_loss = math.nan  # of the latest window
         self.tokens_per_s = 0.0  # of the latest window, for the metrics
         self._open_window(started)
 
@@ -173,11 +177,19 @@ class ProgressLogger:
         elapsed = now - self.started
         eta = elapsed / (step - self.start_step) * (self.config.max_steps - step)
         train_loss = distributed.all_reduce_mean((self.window_loss / self.window_steps).reshape(1)).item()
+        self.train_loss = train_loss
         if self.env.is_main:
             log(f"step {step}/{self.config.max_steps} | loss {train_loss:.4f} | "
                 f"lr {learning_rate(self.config, step - 1):.2e} | {self.tokens_per_s:,.0f} tokens/s | "
                 f"elapsed {format_duration(elapsed)} | eta {format_duration(eta)}")
+        self.write(step, "training", eta)
         self._open_window(time.perf_counter())
+
+    def write(self, step: int, state: str, eta: float = 0.0) -> None:
+        """This host's progress file (its first process only)."""
+        if self.progress_dir is not None:
+            write_progress(self.progress_dir, state, step, self.config.max_steps, self.train_loss,
+                           self.tokens_per_s, eta, self.env.world_size)
 
     def leave_out(self, seconds: float) -> None:
         """Seconds spent on something other than training, which tokens/s must not count."""
@@ -349,7 +361,7 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
         prepare_run_dir(run_dir, config, env, device, dtype, model, start_step, corpus.sha256)
 
     started = time.perf_counter()
-    progress = ProgressLogger(config, env, device, start_step, started)
+    progress = ProgressLogger(config, env, device, start_step, started, run_dir)
     evaluator = Evaluator(model, corpus, config, env, micro_batch, device, autocast,
                           run_dir / "metrics.jsonl", started)
     checkpointer = Checkpointer(run_dir, model, optimizer, config, corpus, generator, env, device, pause)
@@ -362,6 +374,7 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
             progress.leave_out(evaluator.evaluate(step, progress.tokens_per_s))
         if checkpointer.should_save(step):
             checkpointer.save(step)
+    progress.write(config.max_steps, "finished")
 
     if env.is_main:
         finish(run_dir, model, config, corpus, env, device, start_step, evaluator.final_val_loss(),

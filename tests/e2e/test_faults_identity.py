@@ -15,6 +15,7 @@ from harness import CORPUS
 
 from .fault_lab import BASE_RUN, LONG_OVERRIDES, recording, run_vars
 from .faults import CaseResult, FaultRun, on_host, snapshot, snapshot_differences
+from .status import status
 
 # What the fault injection makes `chargpt check` refuse, as a setting only the trainer can judge.
 REFUSAL = "fault injection: max_step is not a setting"
@@ -86,6 +87,12 @@ def test_a_setting_only_the_trainer_judges_ends_the_deployment_at_once(fault_lab
         assert env.get("E2E_LITERAL") == LITERAL, f"the container got {env.get('E2E_LITERAL')!r}, not {LITERAL!r}"
         result.progress_lost_steps = 0
         result.outcome = f"the container's environment holds {LITERAL!r} unchanged"
+
+    failed = status(fault_lab.lab, run.cluster.names, log_name="faults-status-failed")
+    assert (failed.run_id, failed.state) == (run_id, "failed"), failed.run.tail(30)
+    assert failed.run.returncode == 2, f"status.yml exited {failed.run.returncode} on a failed run"
+    assert all(cells[2] == "exited(2)" for cells in failed.rows.values()), failed.rows
+    assert REFUSAL in failed.run.text, f"status.yml does not show the trainer's error line:\n{failed.run.tail(30)}"
 
 
 def test_another_run_id_stops_while_a_run_trains_and_another_corpus_is_refused(fault_lab, tmp_path):

@@ -1,0 +1,65 @@
+"""Filters of playbooks/status.yml: the run's overall state from every host's row, and the table."""
+
+from __future__ import annotations
+
+# A container that exits 2 refused its settings: its supervisor leaves it stopped (RestartPreventExitStatus).
+REFUSED_EXIT_CODE = 2
+
+
+def host_failed(row: dict) -> bool:
+    """Stopped for good: exited non-zero and its supervisor will not start it again."""
+    stopped = row["container"] not in ("running", "restarting", "created")
+    given_up = row["supervisor"] in ("failed", "inactive") or row["exit_code"] == REFUSED_EXIT_CODE
+    return stopped and row["exit_code"] not in (0, None) and given_up
+
+
+def run_state(rows: list[dict], finished: bool) -> str:
+    """finished, failed, recovering (a host's trainer is down or was restarted and has not logged a
+    step since), starting (no host has logged a step of this run) or training."""
+    if finished:
+        return "finished"
+    if any(host_failed(row) for row in rows):
+        return "failed"
+    if any(row["container"] != "running" for row in rows):
+        return "recovering"
+    if all(row["step"] is None for row in rows):
+        return "starting"
+    if any(row["step"] is None for row in rows):
+        return "recovering"
+    return "training"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _shown(value, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+COLUMNS = ("host", "rank", "container", "restarts", "step", "loss", "tokens/s", "eta", "checkpoint", "updated")
+
+
+def status_table(rows: list[dict]) -> list[str]:
+    """One line per host under a header, columns aligned; `-` where a host has no figure."""
+    cells = [COLUMNS]
+    for row in sorted(rows, key=lambda row: int(row["node_rank"])):
+        container = row["container"] if row["exit_code"] in (None, 0) or row["container"] == "running" \
+            else f"{row['container']}({row['exit_code']})"
+        step = "-" if row["step"] is None else f"{row['step']}/{row['max_steps']}"
+        cells.append((row["host"], str(row["node_rank"]), container, str(row["restarts"]), step,
+                      _shown(row["loss"], "{:.4f}"), _shown(row["tokens_per_s"], "{:,.0f}"),
+                      _duration(row["eta_s"]), _shown(row["checkpoint"]),
+                      "-" if row["age_s"] is None else f"{_duration(row['age_s'])} ago"))
+    widths = [max(len(line[column]) for line in cells) for column in range(len(COLUMNS))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+
+
+class FilterModule:
+    def filters(self):
+        return {"chargpt_run_state": run_state, "chargpt_status_table": status_table}
