@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--count", type=int, default=20, help="round trips per peer")
     peers.add_argument("peers", nargs="+", metavar="PEER")
     interface = probes.add_parser("interface", help="the interface that reaches the master")
-    interface.add_argument("--master", required=True)
+    interface.add_argument("--target", required=True, help="the master's name or address")
     interface.add_argument("--configured", default="auto", help="GLOO_SOCKET_IFNAME as deployed")
     allreduce = probes.add_parser("allreduce", help="time a Gloo all-reduce over the group in the environment")
     allreduce.add_argument("--bytes", type=int, required=True, help="size of the reduced tensor")
@@ -101,7 +101,7 @@ def probe_command(args: argparse.Namespace) -> int:
     if args.probe == "peers":
         result = probe.probe_peers(args.peers, args.port, args.count)
     elif args.probe == "interface":
-        result = probe.probe_interface(args.master, args.configured)
+        result = probe.probe_interface(args.target, args.configured)
     else:
         result = probe.allreduce(args.bytes, args.iterations, args.timeout)
     if result is not None:

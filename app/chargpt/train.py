@@ -23,7 +23,7 @@ from .faults import CheckpointPause, checkpoint_pause
 from .hardware import autocast_context, compute_dtype, configure_torch
 from .model import GPT, model_args
 from .outputs import plot_losses, read_metrics, write_final_model
-from .progress import write_progress
+from .progress import previous_starts, write_progress
 from .resume import Resume, experiment_id
 from .sample import sample_text
 
@@ -146,6 +146,7 @@ class ProgressLogger:
         self.config, self.env, self.device = config, env, device
         self.start_step, self.started = start_step, started
         self.progress_dir = run_dir if env.local_rank == 0 else None
+        self.starts = previous_starts(run_dir) + 1 if self.progress_dir is not None else 0
         self.train_loss = math.nan  # of the latest window
         self.tokens_per_s = 0.0  # of the latest window, for the metrics
         self._open_window(started)
@@ -189,7 +190,7 @@ class ProgressLogger:
         """This host's progress file (its first process only)."""
         if self.progress_dir is not None:
             write_progress(self.progress_dir, state, step, self.config.max_steps, self.train_loss,
-                           self.tokens_per_s, eta, self.env.world_size)
+                           self.tokens_per_s, eta, self.env.world_size, self.starts)
 
     def leave_out(self, seconds: float) -> None:
         """Seconds spent on something other than training, which tokens/s must not count."""

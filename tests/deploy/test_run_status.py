@@ -29,6 +29,11 @@ def row(host="node1", rank=0, container="running", exit_code=None, supervisor="a
     ([row(step=None), row("node2", 1, step=None)], False, "starting"),
     ([row(), row("node2", 1, container="exited", exit_code=137)], False, "recovering"),
     ([row(restarts=1), row("node2", 1, step=None)], False, "recovering"),
+    # the worker's container started again after it last wrote its progress: not trained since
+    ([row(), row("node2", 1, started_at="2026-11-28T21:40:03.123456789Z", updated_at=1795902000.0)], False,
+     "recovering"),
+    ([row(), row("node2", 1, started_at="2026-11-28T21:40:03.123456789Z", updated_at=1795902010.0)], False,
+     "training"),
     ([row(container="exited", exit_code=1, supervisor="failed"), row("node2", 1)], False, "failed"),
     ([row(container="exited", exit_code=2, supervisor="activating"), row("node2", 1)], False, "failed"),
     ([row(container="exited", exit_code=0, supervisor="inactive"), row("node2", 1, container="exited", exit_code=0)],
@@ -55,3 +60,9 @@ def test_table_has_a_header_and_a_row_per_host_in_rank_order_with_aligned_column
     assert lines[2].split() == ["node2", "1", "exited(137)", "2", "-", "-", "-", "-", "-", "-"]
     starts = [lines[0].index(column) for column in ("rank", "step", "checkpoint")]
     assert [lines[1].index(value) for value in ("0", "120/600", "ckpt-")] == starts
+
+
+def test_table_ends_with_each_failed_hosts_error_line():
+    lines = run_status.status_table([row("node2", 1, container="exited", exit_code=2, supervisor="inactive",
+                                         step=None, error="chargpt: error: bad corpus"), row("node1", 0)])
+    assert len(lines) == 4 and lines[-1] == "node2: chargpt: error: bad corpus"

@@ -30,7 +30,9 @@ def status(lab: Lab, hosts: list[str], *args: str, log_name: str) -> Status:
     match = STATE_LINE.search(run.text)
     assert match, f"status.yml printed no state line (exit {run.returncode}, log {run.log}):\n{run.tail(30)}"
     rows = {}
-    for line in run.text.splitlines():
+    for line in run.output.splitlines():
+        if not line.strip().startswith('"'):  # the table is a list of strings in the debug output
+            continue
         cells = line.strip().strip('",').split()
         if cells and cells[0] in hosts:
             rows[cells[0]] = cells

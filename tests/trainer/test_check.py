@@ -10,6 +10,7 @@ import pytest
 
 from chargpt.cli import main
 from chargpt.config import build_config
+from chargpt.model import GPT, model_args
 from chargpt.resume import experiment_id
 from conftest import chargpt_command, run_process, snapshot
 
@@ -43,9 +44,12 @@ def test_json_holds_the_resolved_config_the_corpus_and_the_resume_step(capsys, m
     assert status == 0
     config = build_config("smoke", {"max_steps": "30", "lr": "0.003"}, environ={})
     digest = hashlib.sha256(corpus_path.read_bytes()).hexdigest()
+    vocab = len(set(corpus_path.read_text()))
+    parameters = GPT(model_args(config, vocab)).num_parameters()
     assert json.loads(out) == {
         "config": config.to_dict(), "corpus_sha256": digest, "corpus_chars": 200_000,
-        "world_size": 2, "resume_step": None, "experiment": experiment_id(config, digest)}
+        "world_size": 2, "resume_step": None, "experiment": experiment_id(config, digest),
+        "gradient_bytes": 4 * parameters}
 
 
 def test_the_experiment_id_follows_the_corpus_and_the_training_settings_only():

@@ -74,3 +74,10 @@ def test_two_ranks_time_an_allreduce_over_gloo():
     assert result["world_size"] == 2 and result["bytes"] == 400000 and result["iterations"] == 3
     assert result["time_ms"] > 0 and result["bus_bandwidth_mb_s"] > 0
     assert outputs[1][0] == "", "only rank 0 prints the result"
+
+
+def test_the_cli_prints_one_json_object(capsys):
+    from chargpt.cli import main
+
+    assert main(["probe", "interface", "--target", "127.0.0.1"]) == 0
+    assert json.loads(capsys.readouterr().out)["routed"] == "lo"

@@ -36,8 +36,12 @@ def test_the_first_process_of_each_host_writes_its_progress_file(tmp_path):
     assert written["loss"] == 2.5 and written["tokens_per_s"] > 0 and written["eta_s"] >= 0
     assert written["checkpoint"] == "ckpt-00000040.pt" and written["world_size"] == 1
     assert abs(written["updated_at"] - time.time()) < 60
+    assert written["starts"] == 1
     progress.write(45, "finished")
     assert json.loads((tmp_path / "progress.json").read_text())["state"] == "finished"
+    again = ProgressLogger(config, DistEnv(), torch.device("cpu"), 40, time.perf_counter(), tmp_path)
+    again.write(41, "training")
+    assert json.loads((tmp_path / "progress.json").read_text())["starts"] == 2, "a restart counts one more start"
 
 
 def test_other_processes_of_a_host_write_no_progress_file(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 # A container that exits 2 refused its settings: its supervisor leaves it stopped (RestartPreventExitStatus).
 REFUSED_EXIT_CODE = 2
 
@@ -13,6 +15,20 @@ def host_failed(row: dict) -> bool:
     return stopped and row["exit_code"] not in (0, None) and given_up
 
 
+def started_epoch(started_at: str | None) -> float | None:
+    """Seconds since the epoch of Docker's State.StartedAt (RFC 3339, nanoseconds)."""
+    if not started_at or started_at.startswith("0001-"):
+        return None
+    stamp, _, fraction = started_at.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{stamp}.{(fraction or '0')[:6].ljust(6, '0')}+00:00").timestamp()
+
+
+def trained_since_start(row: dict) -> bool:
+    """Whether the trainer wrote its progress after its container last started."""
+    started = started_epoch(row.get("started_at"))
+    return started is None or row.get("updated_at") is None or float(row["updated_at"]) >= started
+
+
 def run_state(rows: list[dict], finished: bool) -> str:
     """finished, failed, recovering (a host's trainer is down or was restarted and has not logged a
     step since), starting (no host has logged a step of this run) or training."""
@@ -21,6 +37,8 @@ def run_state(rows: list[dict], finished: bool) -> str:
     if any(host_failed(row) for row in rows):
         return "failed"
     if any(row["container"] != "running" for row in rows):
+        return "recovering"
+    if any(row["step"] is not None and not trained_since_start(row) for row in rows):
         return "recovering"
     if all(row["step"] is None for row in rows):
         return "starting"
@@ -46,7 +64,8 @@ COLUMNS = ("host", "rank", "container", "restarts", "step", "loss", "tokens/s", 
 
 
 def status_table(rows: list[dict]) -> list[str]:
-    """One line per host under a header, columns aligned; `-` where a host has no figure."""
+    """One line per host under a header, columns aligned, `-` where a host has no figure; then the
+    last error line of each host whose trainer exited with an error."""
     cells = [COLUMNS]
     for row in sorted(rows, key=lambda row: int(row["node_rank"])):
         container = row["container"] if row["exit_code"] in (None, 0) or row["container"] == "running" \
@@ -57,7 +76,9 @@ def status_table(rows: list[dict]) -> list[str]:
                       _duration(row["eta_s"]), _shown(row["checkpoint"]),
                       "-" if row["age_s"] is None else f"{_duration(row['age_s'])} ago"))
     widths = [max(len(line[column]) for line in cells) for column in range(len(COLUMNS))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+    return table + [f"{row['host']}: {row['error']}" for row in sorted(rows, key=lambda row: int(row["node_rank"]))
+                    if row.get("error")]
 
 
 class FilterModule:
