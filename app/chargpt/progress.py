@@ -29,8 +29,8 @@ def write_progress(run_dir: Path, state: str, step: int, max_steps: int, loss: f
     """state is "training" or "finished"; checkpoint is the newest on this host, if any."""
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoint.list_checkpoints(run_dir)
-    record = {"state": state, "step": step, "max_steps": max_steps, "loss": round(loss, 4) if math.isfinite(loss) else None,
-              "tokens_per_s": round(tokens_per_s, 1), "eta_s": round(eta_s, 1), "world_size": world_size, "starts": starts,
+    record = {"state": state, "step": step, "max_steps": max_steps,
+              "loss": round(loss, 4) if math.isfinite(loss) else None, "tokens_per_s": round(tokens_per_s, 1),
+              "eta_s": round(eta_s, 1), "world_size": world_size, "starts": starts,
               "checkpoint": checkpoints[-1][1].name if checkpoints else None, "updated_at": round(time.time(), 1)}
     checkpoint.atomic_write_json(run_dir / PROGRESS_FILE, record)
-
