@@ -58,7 +58,7 @@ train() {
 
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
     echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $((NNODES * NPROC_PER_NODE)), up to $TORCHRUN_MAX_RESTARTS restart(s)"
-    exec torchrun \
+    torchrun \
         --nnodes="$NNODES" \
         --nproc-per-node="$NPROC_PER_NODE" \
         --rdzv-backend=c10d \
@@ -67,7 +67,31 @@ train() {
         --rdzv-conf="is_host=$is_host,join_timeout=$TORCHRUN_JOIN_TIMEOUT_S" \
         --local-addr="$NODE_ADDR" \
         --max-restarts="$TORCHRUN_MAX_RESTARTS" \
-        -m chargpt train "$@"
+        -m chargpt train "$@" &
+    run_torchrun_until_done "$!"
+}
+
+# torchrun passes SIGTERM (docker stop, compose replacing the container) on to the trainers, which
+# checkpoint the step they are at and exit 0; torchrun itself then exits 1. A stop that was asked
+# for ends with STOPPED_EXIT instead, which the host's supervisor unit leaves stopped, while a
+# trainer that failed or was killed still ends with torchrun's status and is started again.
+STOPPED_EXIT=143
+run_torchrun_until_done() {
+    torchrun_pid=$1
+    stop_requested=false
+    trap 'stop_requested=true; kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM INT
+    status=0
+    wait "$torchrun_pid" || status=$?
+    # A trapped signal ends `wait` early: wait again until torchrun has shut its workers down.
+    while kill -0 "$torchrun_pid" 2>/dev/null; do
+        status=0
+        wait "$torchrun_pid" || status=$?
+    done
+    if $stop_requested; then
+        echo "entrypoint: stopped on request (torchrun exited $status); exiting $STOPPED_EXIT" >&2
+        exit "$STOPPED_EXIT"
+    fi
+    exit "$status"
 }
 
 command="${1:-train}"

@@ -1,6 +1,7 @@
 """config.json: the history of a run's attempts, one entry appended at every start or resume.
 
-{"attempts": [{"started_at", "world_size", "resumed_from_step", "corpus_sha256", "config"}, ...]}
+{"attempts": [{"started_at", "world_size", "resumed_from_step", "corpus_sha256", "config"}, ...]}; an
+attempt that stopped on purpose (SIGTERM) also has "stopped_at_step", the step its checkpoint holds.
 A config.json of the older format (the resolved config alone) becomes the first attempt.
 """
 
@@ -25,6 +26,15 @@ def record_attempt(run_dir: Path, config: TrainConfig, world_size: int, resumed_
     attempts.append(attempt(datetime.now(timezone.utc).isoformat(timespec="seconds"), world_size,
                             resumed_from_step, corpus_sha256, config.to_dict()))
     atomic_write_json(path, {"attempts": attempts})
+
+
+def record_stop(run_dir: Path, step: int, warn: Callable[[str], None]) -> None:
+    """Mark the latest attempt as stopped on purpose after step (its checkpoint is written)."""
+    path = Path(run_dir) / CONFIG_FILE
+    attempts = read_attempts(path, warn)
+    if attempts:
+        attempts[-1]["stopped_at_step"] = step
+        atomic_write_json(path, {"attempts": attempts})
 
 
 def attempt(started_at: str | None, world_size: int | None, resumed_from_step: int | None,

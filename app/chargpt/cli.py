@@ -17,6 +17,7 @@ from .distributed import DistributedError, PeerFailure
 from .faults import FaultInjectionError, refuse_check
 from .resume import ResumeError
 from .sample import SampleError, generate_text
+from .stopping import PEER_STOPPED_EXIT, PeerStopped
 from .train import train
 
 EXIT_BAD_INPUT = 2
@@ -135,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "probe":
             return probe_command(args)
         return sample_command(args, parser)
-    except PeerFailure as error:
+    except (PeerFailure, PeerStopped) as error:
         # Every rank that sees it says so: the line names the rank.
         print(f"[chargpt] {error}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         # No interpreter teardown: after a broken collective, Gloo's threads can abort it
         # ("terminate called without an active exception"), which would hide this exit status.
-        os._exit(EXIT_PEER_FAILURE)
+        os._exit(EXIT_PEER_FAILURE if isinstance(error, PeerFailure) else PEER_STOPPED_EXIT)
     except (ConfigError, CorpusError, ResumeError, UnreadableCheckpoints, DistributedError, SampleError,
             FaultInjectionError) as error:
         # Under torchrun every rank gets the same error; one line per host is enough.

@@ -179,8 +179,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    global _control_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _control_group = None
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -190,20 +192,66 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def broadcast_object(obj, env: DistEnv):
-    """Rank 0's object on every rank."""
+_control_group = None  # made by control_group() once the process group exists
+
+
+def control_group():
+    """The group for the trainer's own small CPU messages (votes, RNG states, checkpoints sent to a
+    host that lacks one): the default group under Gloo, a Gloo group beside NCCL's on GPUs, so that
+    these never wait on the GPU. None when there is no process group."""
+    global _control_group
     if not dist.is_initialized():
-        return obj
-    holder = [obj if env.is_main else None]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+        return None
+    if _control_group is None:
+        _control_group = (dist.new_group(backend="gloo") if dist.get_backend() != "gloo"
+                          else dist.GroupMember.WORLD)
+    return _control_group
 
 
-def gather_objects(obj, env: DistEnv) -> list | None:
-    """Every rank's object in rank order, on rank 0 only."""
+def all_gather_ints(value: int) -> list[int]:
+    """Every rank's value, in rank order."""
     if not dist.is_initialized():
-        return [obj]
-    gathered = [None] * env.world_size if env.is_main else None
-    dist.gather_object(obj, gathered, dst=0)
-    return gathered
+        return [value]
+    gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, torch.tensor([value], dtype=torch.int64), group=control_group())
+    return [int(item.item()) for item in gathered]
 
+
+def all_gather_bytes(data: bytes) -> list[bytes]:
+    """Every rank's bytes, in rank order (as uint8 tensors padded to the longest)."""
+    if not dist.is_initialized():
+        return [data]
+    lengths = all_gather_ints(len(data))
+    padded = torch.zeros(max(lengths), dtype=torch.uint8)
+    padded[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else padded[:0]
+    gathered = [torch.empty(max(lengths), dtype=torch.uint8) for _ in lengths]
+    dist.all_gather(gathered, padded, group=control_group())
+    return [bytes(item[:length].numpy()) for item, length in zip(gathered, lengths)]
+
+
+def broadcast_bytes(data: bytes | None, src: int) -> bytes:
+    """src's bytes on every rank; the others pass None."""
+    if not dist.is_initialized():
+        return data
+    is_source = dist.get_rank() == src
+    length = torch.tensor([len(data) if is_source else 0], dtype=torch.int64)
+    dist.broadcast(length, src=src, group=control_group())
+    buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if is_source and data
+              else torch.empty(int(length.item()), dtype=torch.uint8))
+    if buffer.numel():
+        dist.broadcast(buffer, src=src, group=control_group())
+    return bytes(buffer.numpy())
+
+
+def send_bytes(data: bytes, dst: int) -> None:
+    dist.send(torch.tensor([len(data)], dtype=torch.int64), dst=dst, group=control_group())
+    dist.send(torch.frombuffer(bytearray(data), dtype=torch.uint8), dst=dst, group=control_group())
+
+
+def receive_bytes(src: int) -> torch.Tensor:
+    """What send_bytes sent, as a uint8 tensor (tensor_tree.unpack reads it without a copy)."""
+    length = torch.zeros(1, dtype=torch.int64)
+    dist.recv(length, src=src, group=control_group())
+    buffer = torch.empty(int(length.item()), dtype=torch.uint8)
+    dist.recv(buffer, src=src, group=control_group())
+    return buffer

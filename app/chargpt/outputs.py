@@ -25,17 +25,23 @@ def load_model(state: dict, device: torch.device) -> tuple[GPT, CharTokenizer]:
     return model.to(device).eval(), CharTokenizer(state["vocab"])
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The records of metrics.jsonl, oldest first."""
     if not Path(path).exists():
         return []
+    return parse_metrics(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_metrics(text: str) -> list[dict]:
     records = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # the last line of a run killed while writing it
-                continue
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a run killed while writing it
+            continue
     return records
 
 

@@ -34,7 +34,7 @@ class ResumeError(ValueError):
 
 @dataclass
 class Resume:
-    """What rank 0 found in the run directory before the process group existed."""
+    """What this host's run directory holds, found before the process group existed."""
     state: dict | None
 
     @property
@@ -44,7 +44,7 @@ class Resume:
 
 def find_resume_state(run_dir: Path, config: TrainConfig, corpus: Corpus,
                       warn: Callable[[str], None]) -> Resume:
-    """Rank 0, before any distributed setup: the newest valid checkpoint, checked against us.
+    """Before any distributed setup: the newest valid checkpoint of this host, checked against us.
 
     Reads only: `chargpt check --run-dir` runs it too. warn gets the skipped (torn) checkpoints."""
     run_dir = Path(run_dir)
@@ -56,6 +56,13 @@ def find_resume_state(run_dir: Path, config: TrainConfig, corpus: Corpus,
         raise ResumeError(str(error)) from None
     if state is None:
         return Resume(None)
+    check_resumable(run_dir, state, config, corpus, warn)
+    return Resume(state)
+
+
+def check_resumable(run_dir: Path, state: dict, config: TrainConfig, corpus: Corpus,
+                    warn: Callable[[str], None]) -> None:
+    """Raise ResumeError unless this configuration may continue state (found in, or sent for, run_dir)."""
     if state["step"] > config.max_steps:
         raise ResumeError(f"run directory {run_dir} holds a checkpoint of step {state['step']}, past "
                           f"max_steps={config.max_steps}; raise max_steps or use a new --run-dir")
@@ -65,7 +72,6 @@ def find_resume_state(run_dir: Path, config: TrainConfig, corpus: Corpus,
     if allowed:
         warn(f"resuming step {state['step']} with changed settings that allow_config_change accepts: "
              f"{describe_changes(allowed)}")
-    return Resume(state)
 
 
 def check_same_corpus(run_dir: Path, state: dict, corpus: Corpus) -> None:

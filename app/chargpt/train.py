@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, distributed
-from .attempts import record_attempt
+from . import checkpoint, distributed, tensor_tree
+from .attempts import record_attempt, record_stop
 from .check import check_inputs
 from .config import TrainConfig
 from .data import Corpus, sample_batch
@@ -22,10 +22,12 @@ from .distributed import DistEnv
 from .faults import CheckpointPause, checkpoint_pause
 from .hardware import autocast_context, compute_dtype, configure_torch
 from .model import GPT, model_args
-from .outputs import plot_losses, read_metrics, write_final_model
+from .outputs import METRICS_FILE, parse_metrics, plot_losses, read_metrics, write_final_model
 from .progress import previous_starts, write_progress
+from .replicas import agree_on_resume
 from .resume import Resume, experiment_id
 from .sample import sample_text
+from .stopping import PEER_STOPPED_EXIT, PeerStopped, StoppedOnRequest, StopVote
 
 
 def log(message: str) -> None:
@@ -245,7 +247,9 @@ class Evaluator:
 
 @dataclass
 class Checkpointer:
-    """Checkpoints at checkpoint_interval and the last step: every rank's RNG state, written by rank 0."""
+    """Checkpoints at checkpoint_interval, the last step and a planned stop. Each host's first process
+    writes the same complete checkpoint (every rank's RNG state, rank 0's metrics history) to its
+    own host's run directory, all hosts at once."""
     run_dir: Path
     model: GPT
     optimizer: torch.optim.Optimizer
@@ -260,19 +264,24 @@ class Checkpointer:
         return is_due(step, self.config.checkpoint_interval, self.config)
 
     def save(self, step: int) -> None:
-        rng_states = distributed.gather_objects(rng_state(self.generator, self.device), self.env)
-        if not self.env.is_main:
+        began = time.perf_counter()
+        packed = distributed.all_gather_bytes(tensor_tree.pack(rng_state(self.generator, self.device)))
+        metrics_path = self.run_dir / METRICS_FILE
+        metrics = distributed.broadcast_bytes(
+            metrics_path.read_bytes() if self.env.is_main and metrics_path.exists() else b"", src=0)
+        if self.env.local_rank != 0:
             return
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step,
                  "config": self.config.to_dict(), "model_args": self.model.config.__dict__,
                  "vocab": self.corpus.tokenizer.chars, "corpus_sha256": self.corpus.sha256,
-                 "rng": rng_states, "world_size": self.env.world_size}
+                 "rng": [tensor_tree.unpack(data) for data in packed], "world_size": self.env.world_size,
+                 "metrics": metrics.decode("utf-8")}
         path = checkpoint.save_checkpoint(self.run_dir, step, state, self.config.keep_checkpoints,
                                           self._halfway(step))
-        log(f"checkpoint {path.name} written")
+        log(f"checkpoint {path.name} written on this host in {time.perf_counter() - began:.2f} s")
 
     def _halfway(self, step: int) -> Callable[[Path], None] | None:
-        if self.pause is None or self.pause.step != step:
+        if self.pause is None or self.pause.step != step or not self.env.is_main:
             return None
         return lambda path: self.pause.hold(path, log)
 
@@ -315,11 +324,11 @@ def parallelize(model: GPT, config: TrainConfig, env: DistEnv, device: torch.dev
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, env: DistEnv, device: torch.device, dtype: torch.dtype,
-                    model: GPT, start_step: int, corpus_sha256: str) -> None:
+                    model: GPT, state: dict | None, corpus_sha256: str) -> None:
     """Rank 0: the run directory ready for this run, and the lines that open its log."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.remove_stale_temp_files(run_dir)
     (run_dir / "summary.json").unlink(missing_ok=True)  # it marks a finished run: not this one yet
+    start_step = 0 if state is None else state["step"]
     record_attempt(run_dir, config, env.world_size, start_step or None, corpus_sha256, warn)
     micro_batch, accumulation = config.micro_batches(env.world_size)
     log(f"world_size={env.world_size} device={device} dtype={str(dtype).removeprefix('torch.')} "
@@ -329,17 +338,18 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, env: DistEnv, device: to
         f"x {env.world_size} ranks) context={config.block_size}")
     if start_step:
         log(f"resumed from step {start_step}")
-        keep_metrics_until(run_dir, start_step)
+        restore_metrics(run_dir / METRICS_FILE, start_step, state.get("metrics"))
     else:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
 
 
-def keep_metrics_until(run_dir: Path, step: int) -> None:
-    """Drop metrics a killed run logged after the checkpoint it resumes from."""
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        kept = [record for record in read_metrics(path) if record["step"] <= step]
-        checkpoint.atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
+def restore_metrics(path: Path, step: int, saved: str | None) -> None:
+    """metrics.jsonl as it was at the checkpoint resumed from: from the history the checkpoint carries
+    (this host may not have been the master when it was written), else from the file, without the
+    records that a killed run logged after that checkpoint."""
+    records = read_metrics(path) if saved is None else parse_metrics(saved)
+    kept = [record for record in records if record["step"] <= step]
+    checkpoint.atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume: Resume,
@@ -349,38 +359,62 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
     pause: fault injection, a pause halfway through writing one checkpoint (see faults.py)."""
     run_dir = Path(run_dir)
     configure_torch(config, env, device)
-    state = distributed.broadcast_object(resume.state, env)
+    if env.local_rank == 0:
+        checkpoint.remove_stale_temp_files(run_dir)
+    state = agree_on_resume(resume, env, run_dir, config, corpus, log, warn)
     start_step = 0 if state is None else state["step"]
     model, optimizer, generator = build_training_state(config, corpus.tokenizer.vocab_size, env, device,
                                                        state)
-    del state  # the received checkpoint: not needed while training
     wrapped = parallelize(model, config, env, device)
     dtype = compute_dtype(config, device)
     autocast = autocast_context(dtype, device)
     micro_batch, accumulation = config.micro_batches(env.world_size)
     if env.is_main:
-        prepare_run_dir(run_dir, config, env, device, dtype, model, start_step, corpus.sha256)
+        prepare_run_dir(run_dir, config, env, device, dtype, model, state, corpus.sha256)
+    del state  # the checkpoint resumed from: not needed while training
 
     started = time.perf_counter()
     progress = ProgressLogger(config, env, device, start_step, started, run_dir)
     evaluator = Evaluator(model, corpus, config, env, micro_batch, device, autocast,
-                          run_dir / "metrics.jsonl", started)
+                          run_dir / METRICS_FILE, started)
     checkpointer = Checkpointer(run_dir, model, optimizer, config, corpus, generator, env, device, pause)
-    for step in range(start_step + 1, config.max_steps + 1):
-        progress.record(train_step(wrapped, optimizer, corpus, config, step - 1, micro_batch, accumulation,
-                                   generator, device, autocast))
-        if progress.should_log(step):
-            progress.log(step)
-        if evaluator.should_evaluate(step):
-            progress.leave_out(evaluator.evaluate(step, progress.tokens_per_s))
-        if checkpointer.should_save(step):
-            checkpointer.save(step)
+    vote = StopVote()
+    try:
+        for step in range(start_step + 1, config.max_steps + 1):
+            vote.start()
+            progress.record(train_step(wrapped, optimizer, corpus, config, step - 1, micro_batch, accumulation,
+                                       generator, device, autocast))
+            stopping = vote.agreed() and step < config.max_steps
+            if progress.should_log(step) or stopping:
+                progress.log(step)
+            if evaluator.should_evaluate(step) and not stopping:
+                progress.leave_out(evaluator.evaluate(step, progress.tokens_per_s))
+            if checkpointer.should_save(step) or stopping:
+                checkpointer.save(step)
+            if stopping:
+                progress.write(step, "stopped")
+                stop(vote.requested, env, run_dir, step)
+    finally:
+        vote.close()
     progress.write(config.max_steps, "finished")
 
     if env.is_main:
         finish(run_dir, model, config, corpus, env, device, start_step, evaluator.final_val_loss(),
                time.perf_counter() - started)
     return model
+
+
+def stop(requested_here: bool, env: DistEnv, run_dir: Path, step: int) -> None:
+    """Leave after the planned stop's checkpoint: the rank that got SIGTERM as stopped, the others so
+    that torchrun restarts them (they resume from this step once the group forms again)."""
+    if env.is_main:
+        record_stop(run_dir, step, warn)
+    if requested_here:
+        if env.local_rank == 0:
+            log(f"stopped on SIGTERM after step {step}; its checkpoint is written, the run resumes from it")
+        raise StoppedOnRequest(step)
+    raise PeerStopped(f"rank {env.rank}: another rank was asked to stop; the checkpoint of step {step} is "
+                      f"written. Exiting ({PEER_STOPPED_EXIT}) so that torchrun restarts the group.")
 
 
 def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: DistEnv,
@@ -393,7 +427,7 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: 
                        config.sample_top_k, config.seed, device)
     checkpoint.atomic_write_text(run_dir / "sample.txt", text)
     log(f"sample ({config.sample_chars} characters):\n{text}")
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    plot_losses(run_dir / METRICS_FILE, run_dir / "loss.png")
     summary = {"status": "complete", "final_step": config.max_steps, "world_size": env.world_size,
                "final_val_loss": val_loss, "resumed_from_step": start_step or None,
                "train_seconds": round(train_seconds, 3), "corpus_sha256": corpus.sha256,
@@ -402,14 +436,14 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: 
     log(f"done: final val loss {val_loss if val_loss is None else round(val_loss, 4)}; outputs in {run_dir}")
 
 
-def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT:
-    """Check every input, then join the process group and train. Returns this rank's model."""
+def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT | None:
+    """Check every input, then join the process group and train. Returns this rank's model, or None
+    when it stopped on SIGTERM before the last step."""
     distributed.check_node_rank()
     env = distributed.read_env()
     pause = checkpoint_pause()
-    # Only rank 0's host has the run directory; it checks it before anyone joins the group.
-    inputs = check_inputs(data, preset, assignments, env.world_size, Path(run_dir) if env.is_main else None,
-                          warn)
+    # Every rank checks what its host's run directory holds before anyone joins the group.
+    inputs = check_inputs(data, preset, assignments, env.world_size, Path(run_dir), warn)
     config, corpus, resume = inputs.config, inputs.corpus, inputs.resume
     device = distributed.choose_device(config.device, env)
     distributed.init_process_group(env, device, config.dist_timeout_s,
@@ -419,6 +453,8 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
         # Rank 0 wrote the outputs meanwhile: every rank leaves the group at the same time.
         distributed.barrier()
         return model
+    except StoppedOnRequest:
+        return None
     except RuntimeError as error:
         failure = distributed.peer_failure(error, env.rank, config.dist_timeout_s)
         if failure is None:

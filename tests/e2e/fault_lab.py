@@ -50,7 +50,7 @@ DIST_TIMEOUT_S = 20
 TIMEOUT_MARGIN_S = 15
 CHECKPOINT_PAUSE_S = 45
 EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "7",
-                  "8a", "8b", "8c", "8d"]
+                  "8a", "8b", "8c", "8d", "10a", "10b", "10c", "10d"]
 # The role defaults that decide how a run recovers, recorded with the results.
 RECOVERY_DEFAULTS = ["trainer_torchrun_max_restarts", "trainer_supervisor_restart_sec"]
 
@@ -92,11 +92,14 @@ class FaultLab:
     def cluster(self) -> Cluster:
         return Cluster(self.lab.inventory)
 
-    def start(self, name: str, overrides: dict, environment: dict | None = None) -> FaultRun:
-        """Start a fresh run: its id carries the session's tag, so that a kept lab never holds it finished."""
+    def start(self, name: str, overrides: dict, environment: dict | None = None,
+              inventory: Path | None = None) -> FaultRun:
+        """Start a fresh run (on the lab's inventory, or another one of its hosts): its id carries the
+        session's tag, so that a kept lab never holds it finished."""
         run_id = f"{name}-{self.session_tag}"
-        start_run(self.lab, run_vars(run_id, overrides, environment=environment), log_name=f"faults-start-{name}")
-        run = FaultRun(self.lab, self.cluster(), run_id, overrides["max_steps"])
+        start_run(self.lab, run_vars(run_id, overrides, environment=environment), log_name=f"faults-start-{name}",
+                  inventory=inventory)
+        run = FaultRun(self.lab, Cluster(inventory) if inventory else self.cluster(), run_id, overrides["max_steps"])
         container = run.container(run.master)
         running = on_host(run.master, "docker", "inspect", "--format",
                           f'{{{{index .Config.Labels "{RUN_ID_LABEL}"}}}} {{{{.State.Status}}}}',

@@ -199,9 +199,10 @@ class FaultRun:
             first_step_at=first_after[0].at if first_after else None)
 
 
-def start_run(lab: Lab, run_vars: dict, log_name: str) -> PlaybookRun:
+def start_run(lab: Lab, run_vars: dict, log_name: str, inventory: Path | None = None) -> PlaybookRun:
     """Start (or leave running) the run that run_vars describe: only the trainer stage and preflight."""
-    run = lab.playbook("site.yml", "--tags", "trainer", "-e", json.dumps(run_vars), log_name=log_name)
+    run = lab.playbook("site.yml", "--tags", "trainer", "-e", json.dumps(run_vars), log_name=log_name,
+                       inventory=inventory)
     assert_succeeded(run)
     return run
 

@@ -1,7 +1,8 @@
-"""Fault cases 1-4 (issue 5): a process or a container hit during a run (kill -9 of a worker's
-training process, docker kill of its container, rank 0 killed halfway through a checkpoint, a
-worker paused past the collective timeout). Each must restart the group, resume from the newest
-complete checkpoint and complete; what it cost is recorded for docs/RELIABILITY.md."""
+"""Fault cases 1-4 (issue 5) and 10b (issue 10): a process or a container hit during a run (kill -9
+of a worker's training process, docker kill of its container, rank 0 killed halfway through a
+checkpoint, a worker paused past the collective timeout, docker kill of rank 0's container, which
+hosts the rendezvous). Each must restart the group, resume from the newest complete checkpoint any
+host has and complete; what it cost is recorded for docs/RELIABILITY.md."""
 
 from __future__ import annotations
 
@@ -68,23 +69,36 @@ def test_worker_training_process_killed(fault_lab):
                           f"resumed from step {recovery.resumed_from}; completed {summary['final_step']} steps")
 
 
+def kill_container_and_recover(fault_lab, result: CaseResult, name: str, rank: int) -> None:
+    """docker kill of the trainer container of the host of node rank `rank`, mid-run: the supervisor
+    unit starts the same container again, the group resumes from the newest checkpoint and completes."""
+    run, _ = start_until_injection(fault_lab, name, FAULT_OVERRIDES)
+    host = run.cluster.names[rank]
+    before = run.container_state(host)
+    injected_at = now()
+    on_host(host, "docker", "kill", run.container(host))
+    summary = run.wait_for_summary()
+    recovery = run.recovery(injected_at)
+    record_recovery(result, recovery, injected_at)
+    after = run.container_state(host)
+    result.details.update(started_at_before=before["started_at"], started_at_after=after["started_at"])
+    assert after["id"] == before["id"], f"{host}: the trainer container was replaced, not started again"
+    assert after["started_at"] != before["started_at"], f"{host}: the killed container never started again"
+    assert_completed(run, summary)
+    assert_resumed_from_newest_checkpoint(run, recovery, summary)
+    result.outcome = (f"the container came back (the supervisor unit started it again) and the group formed again; "
+                      f"resumed from step {recovery.resumed_from}; completed {summary['final_step']} steps")
+
+
 def test_worker_container_killed(fault_lab):
     with recording(fault_lab, CaseResult("2", "docker kill of a worker's trainer container mid-run", "")) as result:
-        run, worker = start_until_injection(fault_lab, "faults-docker-kill", FAULT_OVERRIDES)
-        before = run.container_state(worker)
-        injected_at = now()
-        on_host(worker, "docker", "kill", run.container(worker))
-        summary = run.wait_for_summary()
-        recovery = run.recovery(injected_at)
-        record_recovery(result, recovery, injected_at)
-        after = run.container_state(worker)
-        result.details.update(worker_started_at_before=before["started_at"], worker_started_at_after=after["started_at"])
-        assert after["id"] == before["id"], f"{worker}: the trainer container was replaced, not started again"
-        assert after["started_at"] != before["started_at"], f"{worker}: the killed container never started again"
-        assert_completed(run, summary)
-        assert_resumed_from_newest_checkpoint(run, recovery, summary)
-        result.outcome = (f"the container came back (the supervisor unit started it again) and rejoined; "
-                          f"resumed from step {recovery.resumed_from}; completed {summary['final_step']} steps")
+        kill_container_and_recover(fault_lab, result, "faults-docker-kill", rank=1)
+
+
+def test_rank0_container_killed(fault_lab):
+    with recording(fault_lab, CaseResult("10b", "docker kill of rank 0's trainer container (it hosts the rendezvous) "
+                                                "mid-run", "")) as result:
+        kill_container_and_recover(fault_lab, result, "faults-docker-kill-rank0", rank=0)
 
 
 def test_rank0_killed_while_writing_a_checkpoint(fault_lab):
@@ -104,15 +118,19 @@ def test_rank0_killed_while_writing_a_checkpoint(fault_lab):
         recovery = run.recovery(injected_at)
         record_recovery(result, recovery, injected_at)
         assert_completed(run, summary)
-        assert recovery.resumed_from == torn_step - CHECKPOINT_INTERVAL, (
-            f"expected a resume from the previous checkpoint {torn_step - CHECKPOINT_INTERVAL}, got {recovery}")
-        assert_resumed_from_newest_checkpoint(run, recovery, summary)
+        # The worker's host wrote its own copy of that checkpoint in full: the group resumes from it,
+        # and rank 0's host receives it.
+        assert recovery.resumed_from == torn_step, (
+            f"expected a resume from checkpoint {torn_step}, which the worker's host holds; got {recovery}")
+        assert summary["resumed_from_step"] == torn_step, f"{run.run_id}: summary {summary}"
+        received = [line.text for line in run.rank0_log() if f"received step {torn_step} from rank 1" in line.text]
+        assert received, f"rank 0's host never received checkpoint {torn_step}; its log ends:\n{run.log_tail()}"
         warnings = [line.text for line in run.rank0_log() if "unreadable" in line.text]
         result.details["unreadable_checkpoint_warnings"] = warnings
         # The torn write stayed a temp file: no checkpoint the resume read was unreadable.
         assert not warnings, f"{run.run_id}: unreadable checkpoints after a torn write: {warnings}"
-        result.outcome = (f"the torn write stayed a temp file; the previous checkpoint (step {recovery.resumed_from}) "
-                          f"loaded; completed {summary['final_step']} steps")
+        result.outcome = (f"the torn write stayed a temp file on rank 0's host; the worker's host had checkpoint "
+                          f"{torn_step} and sent it; completed {summary['final_step']} steps")
 
 
 def test_worker_paused_past_the_collective_timeout(fault_lab):

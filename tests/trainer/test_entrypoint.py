@@ -4,7 +4,9 @@ and save their environment. The chargpt stand-in's `check` fails with FAKE_CHECK
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -123,3 +125,39 @@ def test_sample_runs_chargpt_sample(fake_bin):
     result = entrypoint(fake_bin, "sample", "--run-dir", "/runs/r1", "--prompt", "To be")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["chargpt", "sample", "--run-dir", "/runs/r1", "--prompt", "To be"]
+
+
+SLOW_TORCHRUN = """#!/bin/sh
+trap 'echo "torchrun: got TERM" >&2; exit 1' TERM
+echo ready > "$0.ready"
+sleep 30 >/dev/null 2>&1 &
+wait
+exit "${FAKE_TORCHRUN_STATUS:-0}"
+"""
+
+
+def start_with_slow_torchrun(fake_bin, **env: str) -> subprocess.Popen:
+    (fake_bin / "torchrun").write_text(SLOW_TORCHRUN)
+    environ = {"PATH": f"{fake_bin}:{os.environ['PATH']}", **IMAGE_DEFAULTS, **env}
+    process = subprocess.Popen(["sh", str(ENTRYPOINT)], env=environ, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not (fake_bin / "torchrun.ready").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    return process
+
+
+def test_a_requested_stop_is_passed_to_torchrun_and_ends_with_the_stopped_status(fake_bin):
+    process = start_with_slow_torchrun(fake_bin)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert "torchrun: got TERM" in stderr
+    assert process.returncode == 143, stderr
+    assert "entrypoint: stopped on request (torchrun exited 1); exiting 143" in stderr
+
+
+def test_torchrun_s_own_failure_keeps_its_status(fake_bin):
+    (fake_bin / "torchrun").write_text("#!/bin/sh\nexit 3\n")
+    result = entrypoint(fake_bin)
+    assert result.returncode == 3, result.stderr

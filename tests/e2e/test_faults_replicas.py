@@ -1,0 +1,205 @@
+"""Fault cases 10a, 10c and 10d (issue 10): every host keeps the run. A host added to a training run
+(with an empty disk) and removed again must lose no step; the master host lost for good, with its
+disk, must cost one re-run of site.yml with the edited inventory and at most the steps since the
+newest checkpoint, both when it was the only swarm manager and when two of three managers remain.
+
+They run last of the fault cases: 10a adds a third host (case 7 may have added it already), 10c
+deletes host 1 for good and 10d adds a fourth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from harness.inventory import Inventory
+from harness.playbook import assert_succeeded
+
+from .cluster import Cluster
+from .fault_lab import CHECKPOINT_INTERVAL, FAULT_OVERRIDES, INJECT_AFTER_STEP, assert_completed, recording, run_vars
+from .faults import CaseResult, FaultRun, now, on_host, seconds_between
+
+# Checkpoints kept long enough that the copy a new host received is still there to compare.
+REPLICA_OVERRIDES = dict(FAULT_OVERRIDES, keep_checkpoints=20)
+# Far enough into the run that two checkpoints exist before the master dies.
+MASTER_LOSS_AFTER_STEP = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
+
+
+def lab_hosts(lab) -> list[str]:
+    inventory = Inventory.read(lab.inventory)
+    return inventory.master + inventory.workers
+
+
+def attempts(run: FaultRun) -> list[dict]:
+    return json.loads(on_host(run.master, "cat", f"{run.run_dir}/config.json").stdout)["attempts"]
+
+
+def assert_no_step_lost(run: FaultRun, world_size: int) -> int:
+    """The attempt before the change stopped at a step whose checkpoint the new attempt resumed from."""
+    history = attempts(run)
+    stopped, resumed = history[-2].get("stopped_at_step"), history[-1]["resumed_from_step"]
+    assert stopped is not None, f"{run.run_id}: the attempt before the change did not stop on purpose: {history[-2:]}"
+    assert resumed == stopped, f"{run.run_id}: stopped at step {stopped} but resumed from step {resumed}"
+    assert history[-1]["world_size"] == world_size, f"{run.run_id}: {history[-1]}"
+    return resumed
+
+
+def fetch_checkpoint(host: str, run_dir: str, step: int, into: Path) -> dict:
+    local = into / f"{host}-{step}.pt"
+    subprocess.run(["docker", "cp", f"{host}:{run_dir}/checkpoints/ckpt-{step:08d}.pt", str(local)], check=True,
+                   capture_output=True)
+    return torch.load(local, weights_only=True)
+
+
+def differences(expected, actual, where: str = "checkpoint") -> list[str]:
+    if isinstance(expected, torch.Tensor):
+        return [] if isinstance(actual, torch.Tensor) and torch.equal(expected, actual) else [where]
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or set(expected) != set(actual):
+            return [f"{where} (keys)"]
+        return [item for key in expected for item in differences(expected[key], actual[key], f"{where}[{key!r}]")]
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(actual, (list, tuple)) or len(expected) != len(actual):
+            return [f"{where} (length)"]
+        return [item for index, pair in enumerate(zip(expected, actual))
+                for item in differences(*pair, f"{where}[{index}]")]
+    return [] if expected == actual else [where]
+
+
+def first_step_after(run: FaultRun, step: int, since) -> float | None:
+    line = run.wait_for_step(step + 1)
+    return seconds_between(since, line.at)
+
+
+def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
+    lab = fault_lab.lab
+    if len(lab_hosts(lab)) < 3:
+        lab.command("add")
+    full = Inventory.read(lab.inventory)
+    first, second, joining = (full.master + full.workers)[:3]
+    two_hosts = full.without(joining).write(tmp_path / "two-hosts.yml")
+    with recording(fault_lab, CaseResult("10a", "a third host (empty disk) added to a training run by site.yml, "
+                                                "then removed again", "")) as result:
+        run = fault_lab.start("faults-add-remove", REPLICA_OVERRIDES, inventory=two_hosts)
+        run.wait_for_step(INJECT_AFTER_STEP)
+        started = now()
+        added = lab.playbook("site.yml", "-e", json.dumps(run_vars(run.run_id, REPLICA_OVERRIDES)),
+                             log_name="faults-site-add-host")
+        assert_succeeded(added)
+        resumed = assert_no_step_lost(run, world_size=3)
+        result.details.update(added_at_step=resumed, add_recovery_s=first_step_after(run, resumed, started))
+        received = on_host(joining, "docker", "logs", run.container(joining), check=False)
+        assert f"received step {resumed} from rank 0" in received.stdout + received.stderr, (
+            f"{joining} never logged receiving checkpoint {resumed}")
+        master_copy = fetch_checkpoint(first, run.run_dir, resumed, tmp_path)
+        joined_copy = fetch_checkpoint(joining, run.run_dir, resumed, tmp_path)
+        assert not differences(master_copy, joined_copy), (
+            f"{joining}'s copy of checkpoint {resumed} differs: {differences(master_copy, joined_copy)[:5]}")
+
+        started = now()
+        removed = lab.playbook("site.yml", "--tags", "trainer", "-e",
+                               json.dumps(run_vars(run.run_id, REPLICA_OVERRIDES)), inventory=two_hosts,
+                               log_name="faults-site-remove-host")
+        assert_succeeded(removed)
+        resumed_again = assert_no_step_lost(run, world_size=2)
+        result.details.update(removed_at_step=resumed_again,
+                              remove_recovery_s=first_step_after(run, resumed_again, started))
+        summary = run.wait_for_summary()
+        assert_completed(run, summary, world_size=2)
+        # The host that left still runs the old world's trainer, which can never join again.
+        on_host(joining, "sh", "-c", f"systemctl stop '*-trainer.service'; docker rm -f {run.container(joining)}",
+                check=False)
+        result.progress_lost_steps = 0
+        result.recovery_s = result.details["add_recovery_s"]
+        result.outcome = (f"added at step {resumed}: every host checkpointed it, {joining} received it (its copy "
+                          f"matches the master's) and the group of 3 resumed from it; removed at step "
+                          f"{resumed_again}, resumed at world size 2 from that step; completed "
+                          f"{summary['final_step']} steps")
+
+
+def checkpoint_steps(host: str, run_dir: str) -> list[int]:
+    names = on_host(host, "ls", f"{run_dir}/checkpoints", check=False).stdout.split()
+    return sorted(int(name[5:13]) for name in names if name.startswith("ckpt-") and name.endswith(".pt"))
+
+
+def swarm_cluster_id(host: str) -> str:
+    return on_host(host, "docker", "info", "--format", "{{.Swarm.Cluster.ID}}").stdout.strip()
+
+
+def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventory: Inventory) -> dict:
+    """Start a run on inventory's hosts, delete the master's host and disk for good after two
+    checkpoints, re-run site.yml once with the next host as master and first manager, and follow
+    the run to its end. Returns what the case measured."""
+    lab = fault_lab.lab
+    hosts = inventory.master + inventory.workers
+    lost, new_master = hosts[0], hosts[1]
+    run = fault_lab.start(name, REPLICA_OVERRIDES, inventory=inventory.write(tmp_path / "before.yml"))
+    run.wait_for_step(MASTER_LOSS_AFTER_STEP)
+    run_dir = run.run_dir
+    last_step = run.latest_step()
+    injected_at = now()
+    lab.command("remove", lost.rsplit("-", 1)[1])
+    survivors = {host: checkpoint_steps(host, run_dir) for host in hosts[1:]}
+    newest = max(step for steps in survivors.values() for step in steps)
+    after = replace(inventory.without(lost), master=[new_master], workers=hosts[2:],
+                    managers=[new_master] + [host for host in inventory.managers if host not in (lost, new_master)])
+    started = time.monotonic()
+    rerun = lab.playbook("site.yml", "-e", json.dumps(run_vars(run.run_id, REPLICA_OVERRIDES)),
+                         inventory=after.write(tmp_path / "after.yml"), log_name=f"faults-site-{name}")
+    rerun_s = round(time.monotonic() - started, 1)
+    assert_succeeded(rerun)
+    moved = FaultRun(lab, Cluster(tmp_path / "after.yml"), run.run_id, run.max_steps)
+    summary = moved.wait_for_summary()
+    assert_completed(moved, summary, world_size=len(hosts) - 1)
+    assert summary["resumed_from_step"] == newest, (
+        f"resumed from step {summary['resumed_from_step']}, but the newest checkpoint on the hosts left was {newest}")
+    result.progress_lost_steps = last_step - newest
+    assert result.progress_lost_steps <= CHECKPOINT_INTERVAL, result.progress_lost_steps
+    first_step = moved.wait_for_step(newest + 1)
+    result.recovery_s = seconds_between(injected_at, first_step.at)
+    result.details.update(lost_host=lost, new_master=new_master, last_step_before_loss=last_step,
+                          survivors_checkpoints=survivors, resumed_from_step=newest, rerun_s=rerun_s)
+    return {"moved": moved, "summary": summary, "new_master": new_master, "newest": newest}
+
+
+def test_master_host_lost_for_good_when_it_was_the_only_manager(fault_lab, tmp_path):
+    inventory = Inventory.read(fault_lab.lab.inventory)
+    hosts = inventory.master + inventory.workers
+    assert len(hosts) >= 3 and inventory.managers == hosts[:1], f"expected 3 hosts, one manager: {inventory}"
+    with recording(fault_lab, CaseResult("10c", "the master host (the only swarm manager) deleted with its disk "
+                                                "mid-run; one site.yml with the edited inventory", "")) as result:
+        old_swarm = swarm_cluster_id(hosts[1])
+        measured = lose_the_master(fault_lab, tmp_path, result, "faults-master-lost", replace(
+            inventory, master=hosts[:1], workers=hosts[1:3]))
+        new_swarm = swarm_cluster_id(measured["new_master"])
+        result.details.update(swarm_before=old_swarm, swarm_after=new_swarm)
+        assert new_swarm and new_swarm != old_swarm, "the orphaned swarm was not replaced"
+        result.outcome = (f"site.yml re-formed the swarm on {measured['new_master']} (the old one had no manager "
+                          f"left) and the trainers resumed at world size 2 from step {measured['newest']}, the "
+                          f"newest checkpoint on the hosts left; completed {measured['summary']['final_step']} steps")
+
+
+def test_master_host_lost_for_good_with_three_managers(fault_lab, tmp_path):
+    lab = fault_lab.lab
+    lab.command("add")  # the hosts are now 2, 3 and 4 (host 1 is gone); host 2 is the master
+    inventory = Inventory.read(lab.inventory)
+    hosts = inventory.master + inventory.workers
+    three_managers = replace(inventory, managers=hosts[:3])
+    converged = lab.playbook("site.yml", "-e", json.dumps(run_vars("faults-base-three-managers", {
+        "max_steps": 10, "eval_interval": 10, "checkpoint_interval": 10}, wait=True)),
+        inventory=three_managers.write(tmp_path / "three-managers.yml"), log_name="faults-site-three-managers")
+    assert_succeeded(converged)
+    with recording(fault_lab, CaseResult("10d", "the master host (one of three swarm managers) deleted with its disk "
+                                                "mid-run; one site.yml with the edited inventory", "")) as result:
+        old_swarm = swarm_cluster_id(hosts[1])
+        measured = lose_the_master(fault_lab, tmp_path, result, "faults-master-lost-quorum", three_managers)
+        new_swarm = swarm_cluster_id(measured["new_master"])
+        result.details.update(swarm_before=old_swarm, swarm_after=new_swarm)
+        assert new_swarm == old_swarm, "the swarm kept its quorum but was replaced"
+        result.outcome = (f"the swarm kept its quorum (2 of 3 managers) and its ID; {measured['new_master']} took "
+                          f"over as master, the trainers resumed at world size 2 from step {measured['newest']}; "
+                          f"completed {measured['summary']['final_step']} steps")
