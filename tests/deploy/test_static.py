@@ -17,6 +17,7 @@ STAGES = ["docker", "swarm", "overlay_network", "trainer"]
 
 
 @pytest.mark.parametrize("playbook", ["site.yml", "playbooks/site.yml", "playbooks/teardown.yml", "playbooks/layout.yml",
+                                      "playbooks/status.yml",
                                       *[f"playbooks/{stage}.yml" for stage in STAGES]])
 def test_playbook_syntax(playbook):
     result = subprocess.run(

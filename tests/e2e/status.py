@@ -1,15 +1,22 @@
-"""playbooks/status.yml against a lab: its state word and its table, as a person reads them."""
+"""playbooks/status.yml against a lab: its state word and its table, as a person reads them; and
+bin/chargpt-status right after it, whose exit status a script reads."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
-from harness.playbook import PlaybookRun
+from harness import REPO
+from harness.playbook import PlaybookRun, ansible_env, tool
 
 from .lab import Lab
 
 STATE_LINE = re.compile(r'"run (\S+): (starting|training|recovering|finished|failed)"')
+# bin/chargpt-status's exit status by state, as its usage and the README give it.
+FINISHED, FAILED, RUNNING = 0, 1, 3
 
 
 @dataclass
@@ -18,13 +25,19 @@ class Status:
     run_id: str
     state: str
     rows: dict[str, list[str]]  # host: its cells, the header's columns in order
+    command: subprocess.CompletedProcess  # bin/chargpt-status, run just after the playbook
+
+    @property
+    def exit_code(self) -> int:
+        return self.command.returncode
 
     def step(self, host: str) -> int:
         return int(self.rows[host][4].split("/")[0])
 
 
 def status(lab: Lab, hosts: list[str], *args: str, log_name: str) -> Status:
-    """Run the status playbook in check mode (it must change nothing) and read what it printed."""
+    """Run the status playbook in check mode (it must change nothing) and read what it printed, then
+    bin/chargpt-status with the same arguments."""
     run = lab.playbook("playbooks/status.yml", "--check", *args, log_name=log_name)
     assert not run.changed_hosts(), f"status.yml changed {run.changed_hosts()} (log {run.log})"
     match = STATE_LINE.search(run.text)
@@ -37,4 +50,12 @@ def status(lab: Lab, hosts: list[str], *args: str, log_name: str) -> Status:
         if cells and cells[0] in hosts:
             rows[cells[0]] = cells
     assert sorted(rows) == sorted(hosts), f"status.yml's table has rows for {sorted(rows)} (log {run.log})"
-    return Status(run, match[1], match[2], rows)
+    return Status(run, match[1], match[2], rows, status_command(lab, "--check", *args))
+
+
+def status_command(lab: Lab, *args: str) -> subprocess.CompletedProcess:
+    """bin/chargpt-status against the lab, with the lab's variables, from outside the repository."""
+    ansible_bin = Path(tool("ansible-playbook")).parent
+    env = ansible_env(PATH=f"{ansible_bin}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run([str(REPO / "bin" / "chargpt-status"), "-i", str(lab.inventory), *lab.playbook_vars, *args],
+                          cwd=REPO.parent, env=env, capture_output=True, text=True, timeout=300)

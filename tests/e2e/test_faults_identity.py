@@ -15,7 +15,7 @@ from harness import CORPUS
 
 from .fault_lab import BASE_RUN, LONG_OVERRIDES, recording, run_vars
 from .faults import CaseResult, FaultRun, on_host, snapshot, snapshot_differences
-from .status import status
+from .status import FAILED, status
 
 # What the fault injection makes `chargpt check` refuse, as a setting only the trainer can judge.
 REFUSAL = "fault injection: max_step is not a setting"
@@ -91,6 +91,8 @@ def test_a_setting_only_the_trainer_judges_ends_the_deployment_at_once(fault_lab
     failed = status(fault_lab.lab, run.cluster.names, log_name="faults-status-failed")
     assert (failed.run_id, failed.state) == (run_id, "failed"), failed.run.tail(30)
     assert failed.run.returncode == 2, f"status.yml exited {failed.run.returncode} on a failed run"
+    assert failed.exit_code == FAILED, f"bin/chargpt-status exited {failed.exit_code}:\n{failed.command.stderr}"
+    assert REFUSAL in failed.command.stdout, f"bin/chargpt-status shows no error line:\n{failed.command.stdout}"
     assert all(cells[2] == "exited(2)" for cells in failed.rows.values()), failed.rows
     assert REFUSAL in failed.run.text, f"status.yml does not show the trainer's error line:\n{failed.run.tail(30)}"
 

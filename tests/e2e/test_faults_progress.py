@@ -1,6 +1,6 @@
-"""On the fault lab's two hosts: playbooks/status.yml on a run while it trains, after a worker's
-container was killed, and once it finished (the failed run is case 8a's, in
-test_faults_identity.py); and the network probe stopping a deployment whose network is below its
+"""On the fault lab's two hosts: playbooks/status.yml and bin/chargpt-status's exit status on a run
+while it trains, after a worker's container was killed, and once it finished (the failed run is
+case 8a's, in test_faults_identity.py); and the network probe stopping a deployment whose network is below its
 limits. The file's name puts it after the process faults and before the provisioning cases."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from .cluster import RUN_ID_LABEL
 from .fault_lab import FAULT_OVERRIDES, assert_completed, run_vars
 from .faults import on_host
-from .status import status
+from .status import FINISHED, RUNNING, status
 
 # Long enough to read the run twice while it trains, kill a container and see it back.
 OVERRIDES = dict(FAULT_OVERRIDES, max_steps=900)
@@ -31,6 +31,7 @@ def test_status_follows_a_run_through_a_killed_container_to_its_end(fault_lab):
         assert first.rows[host][2] == "running", first.rows[host]
         assert second.step(host) > first.step(host), f"{host}: {first.rows[host]} then {second.rows[host]}"
     assert first.run.returncode == 0, first.run.tail(30)
+    assert (first.exit_code, second.exit_code) == (RUNNING, RUNNING), first.command.stderr + second.command.stdout
 
     on_host(worker, "docker", "kill", run.container(worker))
     killed = status(fault_lab.lab, hosts, log_name="faults-status-killed")
@@ -38,12 +39,15 @@ def test_status_follows_a_run_through_a_killed_container_to_its_end(fault_lab):
     assert killed.state == "recovering" or restarts >= 1, (
         f"after docker kill of {worker}'s trainer: state {killed.state}, its row {killed.rows[worker]}")
     assert killed.run.returncode == 0, killed.run.tail(30)
+    assert killed.exit_code == RUNNING, killed.command.stdout + killed.command.stderr
 
     summary = run.wait_for_summary()
     assert_completed(run, summary)
     finished = status(fault_lab.lab, hosts, log_name="faults-status-finished")
     assert finished.state == "finished", finished.run.tail(30)
     assert finished.run.returncode == 0
+    assert finished.exit_code == FINISHED, finished.command.stdout + finished.command.stderr
+    assert finished.command.stdout.splitlines()[0] == f"run {run.run_id}: finished", finished.command.stdout
     assert int(finished.rows[worker][3]) >= 1, f"the killed worker's restarts: {finished.rows[worker]}"
     for host in hosts:
         assert finished.rows[host][4] == f"{OVERRIDES['max_steps']}/{OVERRIDES['max_steps']}", finished.rows[host]
