@@ -38,6 +38,8 @@ def row(host="node1", rank=0, container="running", exit_code=None, supervisor="a
     ([row(container="exited", exit_code=2, supervisor="activating"), row("node2", 1)], False, "failed"),
     ([row(container="exited", exit_code=0, supervisor="inactive"), row("node2", 1, container="exited", exit_code=0)],
      True, "finished"),
+    # docker stop of one host: the others wait for it in the rendezvous
+    ([row(), row("node2", 1, container="exited", exit_code=143, supervisor="inactive")], False, "stopped"),
 ])
 def test_run_state(rows, finished, state):
     assert run_status.run_state(rows, finished) == state

@@ -17,7 +17,7 @@ import pytest
 from .helpers import REPO
 
 COMMAND = REPO / "bin" / "chargpt-status"
-FINISHED, FAILED, USAGE, RUNNING, UNKNOWN = 0, 1, 2, 3, 4
+FINISHED, FAILED, USAGE, RUNNING, UNKNOWN, STOPPED = 0, 1, 2, 3, 4, 5
 
 _loader = importlib.machinery.SourceFileLoader("chargpt_status", str(COMMAND))
 chargpt_status = importlib.util.module_from_spec(importlib.util.spec_from_loader("chargpt_status", _loader))
@@ -68,6 +68,7 @@ def fake_playbook(tmp_path):
     ("starting", 0, RUNNING),
     ("training", 0, RUNNING),
     ("recovering", 0, RUNNING),
+    ("stopped", 0, STOPPED),
 ])
 def test_the_exit_status_tells_the_runs_state(fake_playbook, state, playbook_rc, code):
     result = fake_playbook([{"state": state, "rc": playbook_rc}], "-i", "inventory/mine")

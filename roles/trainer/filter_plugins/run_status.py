@@ -6,13 +6,20 @@ from datetime import datetime
 
 # A container that exits 2 refused its settings: its supervisor leaves it stopped (RestartPreventExitStatus).
 REFUSED_EXIT_CODE = 2
+# A container stopped on request (docker stop, teardown) after its trainers checkpointed the step they
+# were at: its supervisor leaves it stopped too (the image's entrypoint).
+STOPPED_EXIT_CODE = 143
 
 
 def host_failed(row: dict) -> bool:
     """Stopped for good: exited non-zero and its supervisor will not start it again."""
     stopped = row["container"] not in ("running", "restarting", "created")
     given_up = row["supervisor"] in ("failed", "inactive") or row["exit_code"] == REFUSED_EXIT_CODE
-    return stopped and row["exit_code"] not in (0, None) and given_up
+    return stopped and row["exit_code"] not in (0, None, STOPPED_EXIT_CODE) and given_up
+
+
+def host_stopped(row: dict) -> bool:
+    return row["container"] == "exited" and row["exit_code"] == STOPPED_EXIT_CODE
 
 
 def started_epoch(started_at: str | None) -> float | None:
@@ -30,12 +37,15 @@ def trained_since_start(row: dict) -> bool:
 
 
 def run_state(rows: list[dict], finished: bool) -> str:
-    """finished, failed, recovering (a host's trainer is down or was restarted and has not logged a
-    step since), starting (no host has logged a step of this run) or training."""
+    """finished, failed, stopped (a host's trainer was stopped on request: the run waits for it),
+    recovering (a host's trainer is down or was restarted and has not logged a step since), starting
+    (no host has logged a step of this run) or training."""
     if finished:
         return "finished"
     if any(host_failed(row) for row in rows):
         return "failed"
+    if any(host_stopped(row) for row in rows):
+        return "stopped"
     if any(row["container"] != "running" for row in rows):
         return "recovering"
     if any(row["step"] is not None and not trained_since_start(row) for row in rows):
