@@ -97,6 +97,15 @@ def test_the_layout_is_derived_only_in_the_cluster_role():
     assert not found, "derive these in roles/cluster/defaults/main.yml and read them from there:\n" + "\n".join(found)
 
 
+def test_ssh_host_keys_are_checked():
+    """Ansible checks the hosts' SSH keys against known_hosts; only the lab's own inventory turns it off."""
+    config = (REPO / "ansible.cfg").read_text()
+    assert not re.search(r"^\s*host_key_checking\s*=\s*(false|no|0)\b", config, re.IGNORECASE | re.MULTILINE)
+    assert "StrictHostKeyChecking=no" not in config
+    example = "".join(path.read_text() for path in (REPO / "inventory" / "example").rglob("*.yml"))
+    assert "StrictHostKeyChecking=no" not in example and "host_key_checking" not in example
+
+
 def test_tasks_that_carry_swarm_tokens_log_nothing():
     """Swarm init/join results and anything that touches the join tokens stay out of the log."""
     carrying = []
