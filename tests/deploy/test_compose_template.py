@@ -33,7 +33,9 @@ def render(tmp_path: Path, master, workers, host_vars=None, group_vars=None) -> 
     assert result.returncode == 0, output(result)
     files = {name: yaml.safe_load((out / name / "compose.yml").read_text()) for name in master + workers}
     for name in files:
-        assert (out / name / "compose.yml").stat().st_mode & 0o777 == 0o644
+        # The environment may carry secrets: root's alone.
+        assert (out / name / "compose.yml").stat().st_mode & 0o777 == 0o600
+        assert (out / name).stat().st_mode & 0o777 == 0o700
     return files
 
 
@@ -174,3 +176,15 @@ def test_cpuset_pins_only_the_hosts_that_set_it(tmp_path):
     files = render(tmp_path, ["node1"], ["node2"], host_vars={"node2": {"trainer_cpuset": "0,2-3"}})
     assert "cpuset" not in files["node1"]["services"]["trainer"]
     assert files["node2"]["services"]["trainer"]["cpuset"] == "0,2-3"
+
+
+def test_environment_values_stay_out_of_the_diff(tmp_path):
+    """--diff shows no compose file: its environment may carry secrets (first render, then a change)."""
+    host_vars = {"node1": {"trainer_compose_dir": str(tmp_path / "compose" / "node1")}}
+    secrets = ["s3cret-first-value", "s3cret-second-value"]
+    for secret in secrets:
+        inventory = local_inventory(tmp_path / "hosts.yml", ["node1"], [], host_vars=host_vars,
+                                    group_vars={**RENDER_FACTS, "trainer_environment": {"API_TOKEN": secret}})
+        result = run_playbook("tests/deploy/render_compose.yml", inventory, "--diff", "-v")
+        assert result.returncode == 0 and "changed=0" not in result.stdout, output(result)
+        assert not [value for value in secrets if value in output(result)], output(result)
