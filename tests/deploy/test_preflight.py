@@ -79,6 +79,9 @@ def test_bad_ranks(tmp_path, ranks, shown):
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_start_limit_burst", 0, "an integer of at least 1"),
     ("trainer_cpuset", "0-3; reboot", 'CPU numbers and ranges such as "0-3"'),
+    ("trainer_cpus", "two", 'a number of CPUs above 0 such as "2"'),
+    ("trainer_cpus", "0", 'a number of CPUs above 0 such as "2"'),
+    ("trainer_tmp_size", "lots", 'a size such as "512m"'),
 ])
 def test_values_out_of_range(tmp_path, name, value, expected):
     assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
