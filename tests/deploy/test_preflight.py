@@ -258,6 +258,16 @@ def test_an_allowed_change_of_a_shape_key(tmp_path):
     ("trainer_supervisor_unit", "x.service; rm -rf /", "trainer_supervisor_unit is"),
     ("cluster_name", "Chargpt Prod", 'cluster_name is "Chargpt Prod"'),
     ("cluster_name", "$(reboot)", "cluster_name is"),
+    ("cluster_name", "a%n", 'cluster_name is "a%n"'),
+    ("cluster_overlay_network", "net work", 'cluster_overlay_network is "net work"'),
+    ("cluster_overlay_network", "-net", 'cluster_overlay_network is "-net"'),
+    ("trainer_overlay_anchor", "anchor;reboot", 'trainer_overlay_anchor is "anchor;reboot"'),
+    ("trainer_probe_container", "probe $HOME", 'trainer_probe_container is "probe $HOME"'),
+    ("trainer_supervisor_docker_unit", "docker", 'trainer_supervisor_docker_unit is "docker"'),
+    ("trainer_supervisor_docker_cli", "docker", 'trainer_supervisor_docker_cli is "docker"'),
+    ("trainer_supervisor_script", "/usr/local/bin/x y", 'trainer_supervisor_script is "/usr/local/bin/x y"'),
+    ("trainer_runs_dir", "/srv/../etc", 'trainer_runs_dir is "/srv/../etc"'),
+    ("trainer_base_dir", "srv/chargpt", 'trainer_base_dir is "srv/chargpt"'),
 ])
 def test_unsafe_names(tmp_path, name, value, shown):
     assert_stopped(preflight(tmp_path, group_vars={name: value}), shown, "Pick another")
