@@ -4,6 +4,7 @@ names the problem and the fix, before any host changes (here: hosts that are thi
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -271,6 +272,20 @@ def test_an_allowed_change_of_a_shape_key(tmp_path):
 ])
 def test_unsafe_names(tmp_path, name, value, shown):
     assert_stopped(preflight(tmp_path, group_vars={name: value}), shown, "Pick another")
+
+
+def test_a_host_clock_off_the_control_nodes_stops(tmp_path):
+    # swarm_host_epoch stands in for node2's clock: 100 s behind the control node.
+    result = preflight(tmp_path, host_vars={"node2": {"swarm_host_epoch": time.time() - 100}})
+    assert_stopped(result, "The clock of node2 is -1", "s off the control node's (at most 5 s allowed",
+                   "docker_install_time_service: true")
+    assert "The clock of node1" not in output(result)
+
+
+def test_a_host_clock_within_the_limit_passes(tmp_path):
+    result = preflight(tmp_path, host_vars={"node2": {"swarm_host_epoch": time.time() + 1}},
+                       group_vars={"swarm_max_clock_skew_s": 30})
+    assert result.returncode == 0, output(result)
 
 
 def test_registry_without_tag(tmp_path):
