@@ -288,6 +288,22 @@ def test_a_host_clock_within_the_limit_passes(tmp_path):
     assert result.returncode == 0, output(result)
 
 
+@pytest.mark.parametrize("name, value, shown", [
+    ("swarm_firewall_extra_sources", ["10.0.0.0/24", "10.1.0.1 }; flush ruleset"],
+     'swarm_firewall_extra_sources is ["10.0.0.0/24", "10.1.0.1 }; flush ruleset"] on node1'),
+    ("swarm_advertise_addr", "eth1", 'swarm_advertise_addr is "eth1" on node1; it must be an IPv4 address'),
+    ("swarm_firewall_unit", "fw.service; reboot", 'swarm_firewall_unit is "fw.service; reboot"'),
+])
+def test_firewall_settings(tmp_path, name, value, shown):
+    assert_stopped(preflight(tmp_path, group_vars={"swarm_firewall": True, name: value}), shown,
+                   "or set swarm_firewall: false")
+
+
+def test_firewall_settings_that_fit_pass(tmp_path):
+    result = preflight(tmp_path, group_vars={"swarm_firewall": True, "swarm_firewall_extra_sources": ["10.0.0.0/24"]})
+    assert result.returncode == 0, output(result)
+
+
 def test_registry_without_tag(tmp_path):
     assert_stopped(preflight(tmp_path, group_vars={"trainer_image_tag": ""}),
                    "trainer_image_registry is set", "trainer_image_tag is empty")
