@@ -33,7 +33,9 @@ def render(tmp_path: Path, master, workers, host_vars=None, group_vars=None) -> 
     assert result.returncode == 0, output(result)
     files = {name: yaml.safe_load((out / name / "compose.yml").read_text()) for name in master + workers}
     for name in files:
-        assert (out / name / "compose.yml").stat().st_mode & 0o777 == 0o644
+        # The environment may carry secrets: root's alone.
+        assert (out / name / "compose.yml").stat().st_mode & 0o777 == 0o600
+        assert (out / name).stat().st_mode & 0o777 == 0o700
     return files
 
 
@@ -89,13 +91,41 @@ def test_container_is_confined_and_attached_to_the_overlay(tmp_path):
     assert (service["mem_limit"], service["pids_limit"], service["shm_size"]) == ("8g", 4096, "1g")
     assert "deploy" not in service  # no GPUs unless configured
     assert compose["networks"]["overlay"] == {"name": "pytorch-dist-overlay-net", "external": True}
+    # The corpus read-only, and of the host's run directories only this run's, read-write.
     volumes = {volume["target"]: volume for volume in service["volumes"]}
+    assert sorted(volumes) == ["/data", "/runs/shakespeare-cpu"]
     assert volumes["/data"]["source"] == "/srv/chargpt/data" and volumes["/data"]["read_only"] is True
-    assert volumes["/runs"]["source"] == "/srv/chargpt/runs"
+    run_volume = volumes["/runs/shakespeare-cpu"]
+    assert run_volume["source"] == "/srv/chargpt/runs/shakespeare-cpu" and not run_volume.get("read_only")
     env = service["environment"]
     assert (env["RUN_ID"], env["TRAIN_PRESET"]) == ("shakespeare-cpu", "cpu")
     assert not [name for name in env if name.startswith("CHARGPT_")]
     assert (env["TRAIN_DATA"], env["RUN_ROOT"], env["TORCHRUN_MAX_RESTARTS"]) == ("/data/input.txt", "/runs", "3")
+    assert "cpus" not in service  # no CPU limit unless configured
+
+
+def test_container_gets_no_privileges_and_a_read_only_image(tmp_path):
+    service = render(tmp_path, ["node1"], [])["node1"]["services"]["trainer"]
+    assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
+    assert service["security_opt"] == ["no-new-privileges:true"]
+    assert service["read_only"] is True
+    # Scratch space beside the read-only image: a tmpfs that runs nothing unless torch.compile needs it.
+    [tmp] = service["tmpfs"]
+    assert tmp.startswith("/tmp:") and {"size=512m", "nosuid", "nodev", "noexec"} <= set(tmp[5:].split(","))
+    assert service["environment"]["HOME"] == "/tmp"
+
+
+def test_torch_compile_may_run_what_it_builds_in_tmp(tmp_path):
+    service = render(tmp_path, ["node1"], [], group_vars={"trainer_overrides": {"compile": True}})["node1"]
+    options = service["services"]["trainer"]["tmpfs"][0].split(":", 1)[1].split(",")
+    assert "exec" in options and "noexec" not in options
+
+
+def test_cpu_and_memory_limits(tmp_path):
+    service = render(tmp_path, ["node1"], [], group_vars={"trainer_cpus": "1.5", "trainer_memory_limit": "3g",
+                                                          "trainer_tmp_size": "1g"})["node1"]["services"]["trainer"]
+    assert (service["cpus"], service["mem_limit"]) == (1.5, "3g")
+    assert "size=1g" in service["tmpfs"][0].split(":", 1)[1].split(",")
 
 
 def test_settings_reach_every_host(tmp_path):
@@ -174,3 +204,15 @@ def test_cpuset_pins_only_the_hosts_that_set_it(tmp_path):
     files = render(tmp_path, ["node1"], ["node2"], host_vars={"node2": {"trainer_cpuset": "0,2-3"}})
     assert "cpuset" not in files["node1"]["services"]["trainer"]
     assert files["node2"]["services"]["trainer"]["cpuset"] == "0,2-3"
+
+
+def test_environment_values_stay_out_of_the_diff(tmp_path):
+    """--diff shows no compose file: its environment may carry secrets (first render, then a change)."""
+    host_vars = {"node1": {"trainer_compose_dir": str(tmp_path / "compose" / "node1")}}
+    secrets = ["s3cret-first-value", "s3cret-second-value"]
+    for secret in secrets:
+        inventory = local_inventory(tmp_path / "hosts.yml", ["node1"], [], host_vars=host_vars,
+                                    group_vars={**RENDER_FACTS, "trainer_environment": {"API_TOKEN": secret}})
+        result = run_playbook("tests/deploy/render_compose.yml", inventory, "--diff", "-v")
+        assert result.returncode == 0 and "changed=0" not in result.stdout, output(result)
+        assert not [value for value in secrets if value in output(result)], output(result)

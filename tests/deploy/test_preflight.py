@@ -4,6 +4,7 @@ names the problem and the fix, before any host changes (here: hosts that are thi
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -79,6 +80,9 @@ def test_bad_ranks(tmp_path, ranks, shown):
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_start_limit_burst", 0, "an integer of at least 1"),
     ("trainer_cpuset", "0-3; reboot", 'CPU numbers and ranges such as "0-3"'),
+    ("trainer_cpus", "two", 'a number of CPUs above 0 such as "2"'),
+    ("trainer_cpus", "0", 'a number of CPUs above 0 such as "2"'),
+    ("trainer_tmp_size", "lots", 'a size such as "512m"'),
 ])
 def test_values_out_of_range(tmp_path, name, value, expected):
     assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
@@ -255,9 +259,49 @@ def test_an_allowed_change_of_a_shape_key(tmp_path):
     ("trainer_supervisor_unit", "x.service; rm -rf /", "trainer_supervisor_unit is"),
     ("cluster_name", "Chargpt Prod", 'cluster_name is "Chargpt Prod"'),
     ("cluster_name", "$(reboot)", "cluster_name is"),
+    ("cluster_name", "a%n", 'cluster_name is "a%n"'),
+    ("cluster_overlay_network", "net work", 'cluster_overlay_network is "net work"'),
+    ("cluster_overlay_network", "-net", 'cluster_overlay_network is "-net"'),
+    ("trainer_overlay_anchor", "anchor;reboot", 'trainer_overlay_anchor is "anchor;reboot"'),
+    ("trainer_probe_container", "probe $HOME", 'trainer_probe_container is "probe $HOME"'),
+    ("trainer_supervisor_docker_unit", "docker", 'trainer_supervisor_docker_unit is "docker"'),
+    ("trainer_supervisor_docker_cli", "docker", 'trainer_supervisor_docker_cli is "docker"'),
+    ("trainer_supervisor_script", "/usr/local/bin/x y", 'trainer_supervisor_script is "/usr/local/bin/x y"'),
+    ("trainer_runs_dir", "/srv/../etc", 'trainer_runs_dir is "/srv/../etc"'),
+    ("trainer_base_dir", "srv/chargpt", 'trainer_base_dir is "srv/chargpt"'),
 ])
 def test_unsafe_names(tmp_path, name, value, shown):
     assert_stopped(preflight(tmp_path, group_vars={name: value}), shown, "Pick another")
+
+
+def test_a_host_clock_off_the_control_nodes_stops(tmp_path):
+    # swarm_host_epoch stands in for node2's clock: 100 s behind the control node.
+    result = preflight(tmp_path, host_vars={"node2": {"swarm_host_epoch": time.time() - 100}})
+    assert_stopped(result, "The clock of node2 is -1", "s off the control node's (at most 5 s allowed",
+                   "docker_install_time_service: true")
+    assert "The clock of node1" not in output(result)
+
+
+def test_a_host_clock_within_the_limit_passes(tmp_path):
+    result = preflight(tmp_path, host_vars={"node2": {"swarm_host_epoch": time.time() + 1}},
+                       group_vars={"swarm_max_clock_skew_s": 30})
+    assert result.returncode == 0, output(result)
+
+
+@pytest.mark.parametrize("name, value, shown", [
+    ("swarm_firewall_extra_sources", ["10.0.0.0/24", "10.1.0.1 }; flush ruleset"],
+     'swarm_firewall_extra_sources is ["10.0.0.0/24", "10.1.0.1 }; flush ruleset"] on node1'),
+    ("swarm_advertise_addr", "eth1", 'swarm_advertise_addr is "eth1" on node1; it must be an IPv4 address'),
+    ("swarm_firewall_unit", "fw.service; reboot", 'swarm_firewall_unit is "fw.service; reboot"'),
+])
+def test_firewall_settings(tmp_path, name, value, shown):
+    assert_stopped(preflight(tmp_path, group_vars={"swarm_firewall": True, name: value}), shown,
+                   "or set swarm_firewall: false")
+
+
+def test_firewall_settings_that_fit_pass(tmp_path):
+    result = preflight(tmp_path, group_vars={"swarm_firewall": True, "swarm_firewall_extra_sources": ["10.0.0.0/24"]})
+    assert result.returncode == 0, output(result)
 
 
 def test_registry_without_tag(tmp_path):

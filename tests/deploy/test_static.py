@@ -98,6 +98,15 @@ def test_the_layout_is_derived_only_in_the_cluster_role():
     assert not found, "derive these in roles/cluster/defaults/main.yml and read them from there:\n" + "\n".join(found)
 
 
+def test_ssh_host_keys_are_checked():
+    """Ansible checks the hosts' SSH keys against known_hosts; only the lab's own inventory turns it off."""
+    config = (REPO / "ansible.cfg").read_text()
+    assert not re.search(r"^\s*host_key_checking\s*=\s*(false|no|0)\b", config, re.IGNORECASE | re.MULTILINE)
+    assert "StrictHostKeyChecking=no" not in config
+    example = "".join(path.read_text() for path in (REPO / "inventory" / "example").rglob("*.yml"))
+    assert "StrictHostKeyChecking=no" not in example and "host_key_checking" not in example
+
+
 def test_tasks_that_carry_swarm_tokens_log_nothing():
     """Swarm init/join results and anything that touches the join tokens stay out of the log."""
     carrying = []
@@ -109,6 +118,34 @@ def test_tasks_that_carry_swarm_tokens_log_nothing():
                 carrying.append(task["name"])
                 assert task.get("no_log") is True, f"{tasks_file}: '{task['name']}' must set no_log: true"
     assert len(carrying) >= 4
+
+
+def swarm_tasks(tasks_file: str) -> list[dict]:
+    return yaml.safe_load((REPO / "roles" / "swarm" / "tasks" / tasks_file).read_text())
+
+
+def test_managers_listen_on_the_advertised_address_only():
+    for task in swarm_tasks("main.yml"):
+        swarm = task.get("community.docker.docker_swarm") or {}
+        if swarm.get("state") in ("present", "join"):
+            assert swarm["listen_addr"] == "{{ swarm_node_addr }}:{{ swarm_listen_port }}", task["name"]
+
+
+def test_join_tokens_are_rotated_after_nodes_are_removed():
+    [rotate] = [task for task in swarm_tasks("prune.yml") if "rotate_worker_token" in yaml.safe_dump(task)]
+    swarm = rotate["community.docker.docker_swarm"]
+    assert swarm["rotate_worker_token"] is True and swarm["rotate_manager_token"] is True
+    assert rotate["when"] == "swarm_stale_nodes | length > 0" and rotate["no_log"] is True
+
+
+def test_the_swarm_unlock_key_stays_out_of_the_log():
+    carrying = [task for task in swarm_tasks("main.yml") if "swarm_unlock_key." in yaml.safe_dump(task)
+                or "unlock-key" in yaml.safe_dump(task)]
+    assert len(carrying) == 2
+    for task in carrying:
+        assert task.get("no_log") is True, f"'{task['name']}' must set no_log: true"
+    [saved] = [task for task in carrying if "ansible.builtin.copy" in task]
+    assert saved["ansible.builtin.copy"]["mode"] == "0600" and saved["delegate_to"] == "localhost"
 
 
 def readme_settings() -> dict[str, str]:

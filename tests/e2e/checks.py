@@ -156,6 +156,36 @@ def check_trainers_publish_no_ports(cluster: Cluster) -> None:
     each_host(cluster, check)
 
 
+def check_trainers_are_confined(cluster: Cluster) -> None:
+    """No capabilities, no privilege gains, a read-only image, and of the host only the corpus
+    (read-only) and this run's directory (read-write)."""
+    def check(name):
+        container = cluster.trainer_container(name)
+        host_config = container.raw["HostConfig"]
+        assert host_config.get("CapDrop") == ["ALL"], f"{container.name} drops {host_config.get('CapDrop')}, not ALL"
+        assert not host_config.get("CapAdd"), f"{container.name} adds capabilities {host_config['CapAdd']}"
+        assert not host_config.get("Privileged"), f"{container.name} is privileged"
+        assert "no-new-privileges:true" in (host_config.get("SecurityOpt") or []), (
+            f"{container.name} may gain privileges (SecurityOpt {host_config.get('SecurityOpt')})")
+        assert host_config.get("ReadonlyRootfs") is True, f"{container.name}'s image is writable"
+        run_dir = cluster.run_dir_in_container(container)
+        mounts = {m["Destination"]: m for m in container.raw["Mounts"]}
+        assert sorted(mounts) == sorted(["/data", run_dir]), (
+            f"{container.name} mounts {sorted(mounts)}; expected only /data and {run_dir}")
+        assert mounts["/data"]["RW"] is False, f"{container.name} may write the corpus"
+        assert mounts[run_dir]["RW"] is True, f"{container.name} cannot write its run directory"
+    each_host(cluster, check)
+
+
+def check_image_has_no_setuid_files(cluster: Cluster) -> None:
+    """No program in the trainer image runs with its owner's or group's rights."""
+    container = cluster.rank0_container()
+    image = container.raw["Config"]["Image"]
+    found = cluster.docker_run(container.host, "--rm --user 0 --network none --entrypoint find %s "
+                               "/ -xdev -type f -perm /6000", image)
+    assert not found.strip(), f"{image} holds setuid/setgid files:\n{found}"
+
+
 def check_trainers_exited_zero(cluster: Cluster) -> None:
     def check(name):
         container = cluster.trainer_container(name)
@@ -209,6 +239,6 @@ def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
 
 CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_swarm, check_overlay_network,
           check_overlay_reaches_across_hosts, check_trainers_share_one_image, check_trainers_run_as_non_root,
-          check_trainers_publish_no_ports, check_trainers_exited_zero, check_world_size,
-          check_rank0_outputs_on_master]
+          check_trainers_publish_no_ports, check_trainers_are_confined, check_image_has_no_setuid_files,
+          check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
 ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]

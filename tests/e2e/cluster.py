@@ -127,12 +127,16 @@ class Cluster:
         return self.rank0_container().labels[RUN_ID_LABEL]
 
     def run_dir_on_master(self) -> str:
-        """The host path of the master's run directory (the bind mount behind RUN_ROOT)."""
+        """The host path of the master's run directory (the bind mount at RUN_ROOT/<run id>)."""
         container = self.rank0_container()
-        run_root = container.env.get("RUN_ROOT", "/runs")
-        sources = [m["Source"] for m in container.raw["Mounts"] if m["Destination"] == run_root]
-        assert sources, f"{container.name}: nothing is mounted at its RUN_ROOT {run_root}"
-        return f"{sources[0]}/{container.labels[RUN_ID_LABEL]}"
+        run_dir = self.run_dir_in_container(container)
+        sources = [m["Source"] for m in container.raw["Mounts"] if m["Destination"] == run_dir]
+        assert sources, f"{container.name}: nothing is mounted at its run directory {run_dir}"
+        return sources[0]
+
+    @staticmethod
+    def run_dir_in_container(container: Container) -> str:
+        return f"{container.env.get('RUN_ROOT', '/runs')}/{container.labels[RUN_ID_LABEL]}"
 
     def logs(self, name: str, container: str) -> str:
         result = self.host(name).run("docker logs %s 2>&1", container)

@@ -7,7 +7,8 @@ with trainer_wait). Against your own cluster, after
     pytest tests/e2e/test_cluster.py --inventory inventory/mine
 
 They change nothing on the hosts except for the overlay check, which starts short-lived probe
-containers (named chargpt-e2e-probe-*, removed afterwards).
+containers (named chargpt-e2e-probe-*, removed afterwards), and the image check, which lists the
+image's setuid files in a container without network that removes itself.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     result.recovery_s = seconds_between(injected_at, first_step.at)
     result.details.update(lost_host=lost, new_master=new_master, last_step_before_loss=last_step,
                           survivors_checkpoints=survivors, resumed_from_step=newest, rerun_s=rerun_s)
-    return {"moved": moved, "summary": summary, "new_master": new_master, "newest": newest}
+    return {"moved": moved, "summary": summary, "new_master": new_master, "newest": newest, "lost": lost}
 
 
 def test_master_host_lost_for_good_when_it_was_the_only_manager(fault_lab, tmp_path):
@@ -210,6 +210,13 @@ def test_master_host_lost_for_good_with_three_managers(fault_lab, tmp_path):
         new_swarm = swarm_cluster_id(measured["new_master"])
         result.details.update(swarm_before=old_swarm, swarm_after=new_swarm)
         assert new_swarm == old_swarm, "the swarm kept its quorum but was replaced"
+        # The dead manager's node stays listed (down) until teardown prunes it: demoted, then removed.
+        pruned = fault_lab.lab.playbook("playbooks/teardown.yml", "--tags", "swarm",
+                                        inventory=tmp_path / "after.yml", log_name="faults-teardown-prune-lost-manager")
+        assert_succeeded(pruned)
+        nodes = on_host(measured["new_master"], "docker", "node", "ls", "--format", "{{.Hostname}}").stdout.split()
+        result.details["swarm_nodes_after_prune"] = nodes
+        assert measured["lost"] not in nodes, f"the lost manager's node is still in the swarm: {nodes}"
         result.outcome = (f"the swarm kept its quorum (2 of 3 managers) and its ID; {measured['new_master']} took "
                           f"over as master, the trainers resumed at world size 2 from step {measured['newest']}; "
                           f"completed {measured['summary']['final_step']} steps")

@@ -1,6 +1,7 @@
 """Scenarios that change the lab, in order: a second run changes nothing, a check run reports
 nothing, a third host joins and the run resumes at world size 3, that host leaves the inventory
-and the run resumes at world size 2, teardown leaves nothing behind.
+and the run resumes at world size 2 (its swarm node removed, the join tokens rotated), teardown
+leaves nothing behind.
 They run after test_cluster.py (same session lab) and only against the lab, never --inventory."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from harness.inventory import Inventory
 from harness.playbook import assert_nothing_changed, assert_succeeded
 
 from .checks import ARTIFACT_CHECKS, CHECKS, check_trainers_exited_zero, check_world_size
-from .cluster import RUN_ID_LABEL, Cluster
+from .cluster import INVENTORY_HOST_LABEL, RUN_ID_LABEL, Cluster
 from .lab import RUN_ID, TRAIN_OVERRIDES
 
 
@@ -100,6 +101,25 @@ def test_removed_host_leaves_and_run_resumes(lab, artifacts_dir, tmp_path):
     stray_after = lab_cluster.trainer_container(leaving).raw["State"]
     assert stray_after["Running"] or stray_after["ExitCode"] != 0, (
         f"the stray trainer on {leaving} (NNODES=3) finished a run after its host left: {stray_after}")
+
+    # Teardown takes the leaving host's node out of the swarm, and then no join token its host may
+    # have kept works any more.
+    tokens_before = join_tokens(cluster)
+    assert_succeeded(lab.playbook("playbooks/teardown.yml", "--tags", "swarm", log_name="teardown-prune",
+                                  inventory=inventory))
+    ids = cluster.sh(cluster.first_manager, "docker node ls -q").split()
+    nodes = [(node["Spec"].get("Labels") or {}).get(INVENTORY_HOST_LABEL)
+             for node in cluster.docker_json(cluster.first_manager, "node", "inspect", *ids)]
+    assert leaving not in nodes, f"{leaving}'s node is still in the swarm: {nodes}"
+    tokens_after = join_tokens(cluster)
+    assert all(tokens_after[role] != tokens_before[role] for role in tokens_before), (
+        "the join tokens were not rotated after a node was removed")
+
+
+def join_tokens(cluster: Cluster) -> dict[str, str]:
+    """The swarm's current join tokens, read on the first manager (they stay in this test)."""
+    return {role: cluster.sh(cluster.first_manager, "docker swarm join-token --quiet %s", role).strip()
+            for role in ("worker", "manager")}
 
 
 def test_teardown_leaves_no_trainer_or_network(lab, artifacts_dir):
