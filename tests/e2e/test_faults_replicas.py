@@ -85,6 +85,7 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
     full = Inventory.read(lab.inventory)
     first, second, joining = (full.master + full.workers)[:3]
     two_hosts = full.without(joining).write(tmp_path / "two-hosts.yml")
+    joining_container = Cluster(lab.inventory).trainer_container_name(joining)
     # The third host gets its engine, its swarm membership and the image before the run starts, so
     # that adding it to the run is the trainer stage's work alone.
     provisioned = lab.playbook("site.yml", "--tags", "docker,swarm,overlay_network,trainer_image", "-e",
@@ -102,7 +103,7 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         assert_succeeded(added)
         resumed = assert_no_step_lost(run, world_size=3)
         result.details.update(added_at_step=resumed, add_recovery_s=first_step_after(run, resumed, started))
-        received = on_host(joining, "docker", "logs", run.container(joining), check=False)
+        received = on_host(joining, "docker", "logs", joining_container, check=False)
         assert f"received step {resumed} from rank 0" in received.stdout + received.stderr, (
             f"{joining} never logged receiving checkpoint {resumed}")
         master_copy = fetch_checkpoint(first, run.run_dir, resumed, tmp_path)
@@ -121,7 +122,7 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         summary = run.wait_for_summary()
         assert_completed(run, summary, world_size=2)
         # The host that left still runs the old world's trainer, which can never join again.
-        on_host(joining, "sh", "-c", f"systemctl stop '*-trainer.service'; docker rm -f {run.container(joining)}",
+        on_host(joining, "sh", "-c", f"systemctl stop '*-trainer.service'; docker rm -f {joining_container}",
                 check=False)
         result.progress_lost_steps = 0
         result.recovery_s = result.details["add_recovery_s"]
