@@ -25,9 +25,11 @@ from .faults import CaseResult, FaultRun, now, on_host, seconds_between
 
 # Checkpoints kept long enough that the copy a new host received is still there to compare.
 REPLICA_OVERRIDES = dict(FAULT_OVERRIDES, keep_checkpoints=20)
-# A run that still trains after two playbook runs that change the cluster.
-ADD_REMOVE_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=3000, log_interval=10, checkpoint_interval=250,
+# A run that still trains after two playbook runs that change the cluster; it ends with docker stop.
+ADD_REMOVE_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=20000, log_interval=10, checkpoint_interval=250,
                             eval_interval=500)
+# How long the test watches a container stopped on request for its supervisor starting it again.
+SUPERVISOR_WATCH_S = 15
 # Far enough into the run that two checkpoints exist before the master dies.
 MASTER_LOSS_AFTER_STEP = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
 
@@ -94,7 +96,7 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
     assert_succeeded(provisioned)
     overrides = ADD_REMOVE_OVERRIDES
     with recording(fault_lab, CaseResult("10a", "a third host (empty disk) added to a training run by site.yml, "
-                                                "then removed again", "")) as result:
+                                                "then removed again, then docker stop of the trainers", "")) as result:
         run = fault_lab.start("faults-add-remove", overrides, inventory=two_hosts)
         run.wait_for_step(INJECT_AFTER_STEP)
         started = now()
@@ -119,17 +121,29 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         resumed_again = assert_no_step_lost(run, world_size=2)
         result.details.update(removed_at_step=resumed_again,
                               remove_recovery_s=first_step_after(run, resumed_again, started))
-        summary = run.wait_for_summary()
-        assert_completed(run, summary, world_size=2)
         # The host that left still runs the old world's trainer, which can never join again.
         on_host(joining, "sh", "-c", f"systemctl stop '*-trainer.service'; docker rm -f {joining_container}",
                 check=False)
+
+        for host in (first, second):
+            on_host(host, "docker", "stop", run.container(host), timeout=120)
+        stopped_at = attempts(run)[-1].get("stopped_at_step")
+        assert stopped_at is not None, f"docker stop recorded no stop: {attempts(run)[-1]}"
+        for host in (first, second):
+            assert stopped_at in checkpoint_steps(host, run.run_dir), f"{host} has no checkpoint of step {stopped_at}"
+        time.sleep(SUPERVISOR_WATCH_S)
+        states = {host: run.container_state(host)["status"] for host in (first, second)}
+        codes = {host: on_host(host, "docker", "inspect", "--format", "{{.State.ExitCode}}",
+                               run.container(host)).stdout.strip() for host in (first, second)}
+        result.details.update(docker_stop_at_step=stopped_at, exit_codes_after_docker_stop=codes)
+        assert states == {first: "exited", second: "exited"} and set(codes.values()) == {"143"}, (
+            f"after docker stop the trainers are {states} with exit codes {codes}: expected exited, 143, left stopped")
         result.progress_lost_steps = 0
         result.recovery_s = result.details["add_recovery_s"]
         result.outcome = (f"added at step {resumed}: every host checkpointed it, {joining} received it (its copy "
                           f"matches the master's) and the group of 3 resumed from it; removed at step "
-                          f"{resumed_again}, resumed at world size 2 from that step; completed "
-                          f"{summary['final_step']} steps")
+                          f"{resumed_again}, resumed at world size 2 from that step; docker stop at step "
+                          f"{stopped_at}: checkpointed on both hosts, exit 143, left stopped")
 
 
 def checkpoint_steps(host: str, run_dir: str) -> list[int]:
