@@ -197,7 +197,7 @@ def test_master_host_lost_for_good_when_it_was_the_only_manager(fault_lab, tmp_p
     assert len(hosts) >= 3 and inventory.managers == hosts[:1], f"expected 3 hosts, one manager: {inventory}"
     with recording(fault_lab, CaseResult("10c", "the master host (the only swarm manager) deleted with its disk "
                                                 "mid-run; one site.yml with the edited inventory", "")) as result:
-        old_swarm = swarm_cluster_id(hosts[1])
+        old_swarm = swarm_cluster_id(hosts[0])  # a worker's engine does not know the swarm's ID
         measured = lose_the_master(fault_lab, tmp_path, result, "faults-master-lost", replace(
             inventory, master=hosts[:1], workers=hosts[1:3]))
         new_swarm = swarm_cluster_id(measured["new_master"])
