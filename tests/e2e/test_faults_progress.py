@@ -14,8 +14,9 @@ from .fault_lab import FAULT_OVERRIDES, assert_completed, run_vars
 from .faults import on_host
 from .status import FINISHED, RUNNING, status
 
-# Long enough to read the run twice while it trains, kill a container and see it back.
-OVERRIDES = dict(FAULT_OVERRIDES, max_steps=900)
+# Long enough to read the run twice while it trains (each read runs the playbook and then
+# bin/chargpt-status: about 10-25 s on this machine), kill a container and see it back.
+OVERRIDES = dict(FAULT_OVERRIDES, max_steps=4000, log_interval=10, checkpoint_interval=500, eval_interval=500)
 
 
 def test_status_follows_a_run_through_a_killed_container_to_its_end(fault_lab):
@@ -33,6 +34,7 @@ def test_status_follows_a_run_through_a_killed_container_to_its_end(fault_lab):
     assert first.run.returncode == 0, first.run.tail(30)
     assert (first.exit_code, second.exit_code) == (RUNNING, RUNNING), first.command.stderr + second.command.stdout
 
+    assert run.summary() is None, f"{run.run_id} finished before the kill: raise OVERRIDES' max_steps"
     on_host(worker, "docker", "kill", run.container(worker))
     killed = status(fault_lab.lab, hosts, log_name="faults-status-killed")
     restarts = int(killed.rows[worker][3])
