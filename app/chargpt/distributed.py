@@ -84,9 +84,11 @@ def peer_failure(error: BaseException, rank: int, timeout_s: float) -> PeerFailu
 
     Gloo raises a plain RuntimeError from the blocked call (DDP's backward all-reduce, an eval
     all-reduce, a broadcast): "Timed out waiting Nms for recv operation to complete" when a peer
-    hangs, "Connection closed by peer" or "reset by peer" when it died."""
+    hangs, "Connection closed by peer" or "reset by peer" when it died. A collective that shared the
+    timed-out pair with the one that timed out (the stop vote runs beside DDP's all-reduce) fails
+    with "Application timeout caused pair closure"."""
     text = str(error)
-    if "Timed out waiting" in text:
+    if "Timed out waiting" in text or "timeout caused pair closure" in text:
         what = f"a collective timed out after {timeout_s:g} s (dist_timeout_s); a peer hung or died"
     elif "closed by peer" in text or "reset by peer" in text:
         what = "a peer closed its connection during a collective; it died or was restarted"

@@ -186,6 +186,10 @@ def collective_with_a_failed_peer(rank: int, port: int, operation: str, peer: st
     try:
         if operation == "ddp backward":
             model(torch.randn(2, 4)).sum().backward()
+        elif operation == "ddp backward beside the stop vote":  # the vote's all-reduce is in flight
+            vote = dist.all_reduce(torch.zeros(1, dtype=torch.int32), async_op=True)
+            model(torch.randn(2, 4)).sum().backward()
+            vote.wait()
         else:  # what estimate_loss() and the loss logging do
             dist.all_reduce(torch.ones(2))
     except RuntimeError as error:
@@ -198,6 +202,7 @@ def collective_with_a_failed_peer(rank: int, port: int, operation: str, peer: st
     ("ddp backward", "hangs", f"rank 0: a collective timed out after {TIMEOUT_S} s (dist_timeout_s); a peer hung "
                               "or died. Exiting so that torchrun restarts the group."),
     ("eval all-reduce", "hangs", f"rank 0: a collective timed out after {TIMEOUT_S} s (dist_timeout_s)"),
+    ("ddp backward beside the stop vote", "hangs", f"rank 0: a collective timed out after {TIMEOUT_S} s"),
     ("ddp backward", "dies", "rank 0: a peer closed its connection during a collective; it died or was restarted."),
 ])
 def test_gloo_errors_of_a_failed_peer_are_recognised(tmp_path, operation, peer, expected):
