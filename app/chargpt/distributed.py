@@ -225,7 +225,8 @@ def all_gather_bytes(data: bytes) -> list[bytes]:
         return [data]
     lengths = all_gather_ints(len(data))
     padded = torch.zeros(max(lengths), dtype=torch.uint8)
-    padded[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else padded[:0]
+    if data:
+        padded[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     gathered = [torch.empty(max(lengths), dtype=torch.uint8) for _ in lengths]
     dist.all_gather(gathered, padded, group=control_group())
     return [bytes(item[:length].numpy()) for item, length in zip(gathered, lengths)]
