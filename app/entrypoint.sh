@@ -79,11 +79,12 @@ STOPPED_EXIT=143
 run_torchrun_until_done() {
     torchrun_pid=$1
     stop_requested=false
-    trap 'stop_requested=true; kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM INT
-    status=0
-    wait "$torchrun_pid" || status=$?
-    # A trapped signal ends `wait` early: wait again until torchrun has shut its workers down.
-    while kill -0 "$torchrun_pid" 2>/dev/null; do
+    trap 'stop_requested=true; interrupted=true; kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM INT
+    # A trapped signal ends `wait` early with 128+signal. The shell keeps torchrun's own status once
+    # it has exited (even if it was reaped while the trap ran), so waiting again returns that status.
+    interrupted=true
+    while $interrupted; do
+        interrupted=false
         status=0
         wait "$torchrun_pid" || status=$?
     done
