@@ -306,7 +306,12 @@ def test_firewall_settings_that_fit_pass(tmp_path):
 
 def test_registry_without_tag(tmp_path):
     assert_stopped(preflight(tmp_path, group_vars={"trainer_image_tag": ""}),
-                   "trainer_image_registry is set", "trainer_image_tag is empty")
+                   "trainer_image_distribution is external", "trainer_image_tag ('') is empty")
+
+
+def test_unknown_image_distribution(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"trainer_image_distribution": "torrent"}),
+                   "trainer_image_distribution is 'torrent'", "cluster_registry", "copy", "external")
 
 
 def test_unreachable_host(tmp_path):

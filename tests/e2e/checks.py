@@ -131,6 +131,46 @@ def check_overlay_reaches_across_hosts(cluster: Cluster) -> None:
             cluster.host(name).run("docker rm -f %s", probe)
 
 
+# A TLS client of the registry on a host: with the cluster's client certificate, then without one.
+REGISTRY_CLIENT = """
+import ssl, sys, urllib.request
+address, certs = sys.argv[1], "/etc/docker/certs.d/" + sys.argv[1]
+def status(with_client_cert):
+    context = ssl.create_default_context(cafile=certs + "/ca.crt")
+    if with_client_cert:
+        context.load_cert_chain(certs + "/client.cert", certs + "/client.key")
+    try:
+        return str(urllib.request.urlopen("https://" + address + "/v2/", context=context, timeout=10).status)
+    except Exception as error:
+        return "refused (" + type(error).__name__ + ")"
+print(status(True), "|", status(False))
+"""
+
+
+def check_image_registry(cluster: Cluster) -> None:
+    """The first manager runs the cluster's registry on its swarm address only; every host trusts its
+    CA, holds the client key (0600), and is served only with the client certificate."""
+    manager = cluster.first_manager
+    address = cluster.sh(manager, "docker info -f '{{.Swarm.NodeAddr}}'").strip()
+    registry = f"{address}:{role_default('trainer', 'trainer_registry_port')}"
+    service = cluster.host(manager).service(role_default("trainer", "trainer_registry_service"))
+    assert service.is_running and service.is_enabled, f"{manager}: the registry is not running and enabled"
+    listening = cluster.host(manager).socket(f"tcp://{registry}")
+    assert listening.is_listening, f"{manager}: nothing listens on {registry}"
+    assert not cluster.host(manager).socket(f"tcp://0.0.0.0:{registry.split(':')[1]}").is_listening, (
+        f"{manager}: the registry listens on every address, not only on {address}")
+
+    def check(name):
+        key = cluster.host(name).file(f"/etc/docker/certs.d/{registry}/client.key")
+        assert key.exists, f"no client key for the registry at {registry}"
+        assert key.mode == 0o600 and key.user == "root", (
+            f"the registry's client key is {key.user}'s with mode {oct(key.mode)}, not root's with 0o600")
+        answer = cluster.sh(name, "python3 -c %s %s", REGISTRY_CLIENT, registry).strip()
+        assert answer.startswith("200 | refused"), (
+            f"the registry at {registry} should answer 200 with the client certificate and refuse without: {answer}")
+    each_host(cluster, check)
+
+
 # --- The trainers and their run ----------------------------------------------------------------
 
 def check_trainers_share_one_image(cluster: Cluster) -> None:
@@ -238,7 +278,7 @@ def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
 
 
 CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_swarm, check_overlay_network,
-          check_overlay_reaches_across_hosts, check_trainers_share_one_image, check_trainers_run_as_non_root,
-          check_trainers_publish_no_ports, check_trainers_are_confined, check_image_has_no_setuid_files,
+          check_overlay_reaches_across_hosts, check_image_registry, check_trainers_share_one_image,
+          check_trainers_run_as_non_root, check_trainers_publish_no_ports, check_trainers_are_confined, check_image_has_no_setuid_files,
           check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
 ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]
