@@ -46,7 +46,7 @@ def trial(data: Path, hosts: int, every_host_writes: bool, root: Path) -> list[f
         env = {key: value for key, value in os.environ.items() if not key.startswith("CHARGPT_")}
         env.update(RANK=str(rank), WORLD_SIZE=str(hosts), LOCAL_RANK="0" if every_host_writes or rank == 0 else "1",
                    LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   PYTHONPATH=str(REPO_ROOT / "app"), MPLCONFIGDIR=str(root / "matplotlib"))
+                   PYTHONPATH=str(REPO_ROOT / "app"))
         env.pop("GLOO_SOCKET_IFNAME", None)
         command = [sys.executable, "-m", "chargpt", "train", "--data", str(data), "--preset", "cpu",
                    "--run-dir", str(root / f"host{rank}")]

@@ -23,7 +23,7 @@ ansible-playbook site.yml -i "$inventory_dir" \
     -e "{\"trainer_preset\": \"$preset\", \"trainer_run_id\": \"$run_id\", \"trainer_wait\": true}"
 
 artifacts="$PWD/artifacts/$run_id"
-for file in model.pt sample.txt loss.png; do
+for file in model.pt sample.txt loss.svg; do
     [[ -s "$artifacts/$file" ]] || { echo "demo: $artifacts/$file is missing: the run did not finish (see the output above)" >&2; exit 1; }
 done
 cat <<MSG
@@ -31,7 +31,7 @@ cat <<MSG
 Trained across $hosts simulated hosts in $((SECONDS - start)) s. On this machine:
   model        $artifacts/model.pt
   sample text  $artifacts/sample.txt
-  loss plot    $artifacts/loss.png
+  loss chart   $artifacts/loss.svg
   metrics      $artifacts/metrics.jsonl
 More text:  .venv/bin/chargpt sample --run-dir $artifacts --prompt "ROMEO:" --chars 300
 Look at the hosts: LAB_NAME=$lab lab/lab status    Remove them: LAB_NAME=$lab lab/lab down

@@ -1,16 +1,16 @@
-"""Files a finished run leaves behind: the final model, the metrics history, the loss plot."""
+"""Files a finished run leaves behind: the final model, the metrics history, the loss chart."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save_torch, atomic_write_bytes
+from .checkpoint import atomic_save_torch, atomic_write_text
 from .data import CharTokenizer
 from .model import GPT, GPTConfig
+from .plot import loss_chart_svg
 
 
 def write_final_model(path: Path, model: GPT, tokenizer: CharTokenizer) -> None:
@@ -45,24 +45,5 @@ def parse_metrics(text: str) -> list[dict]:
     return records
 
 
-def plot_losses(metrics_path: Path, image_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    history = read_metrics(metrics_path)
-    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=100)
-    steps = [record["step"] for record in history]
-    axes.plot(steps, [record["train_loss"] for record in history], marker="o", label="train")
-    axes.plot(steps, [record["val_loss"] for record in history], marker="o", label="val")
-    axes.set_xlabel("step")
-    axes.set_ylabel("cross-entropy loss")
-    axes.set_title("chargpt loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    pyplot.close(figure)
-    atomic_write_bytes(image_path, buffer.getvalue())
+def plot_losses(metrics_path: Path, chart_path: Path) -> None:
+    atomic_write_text(chart_path, loss_chart_svg(read_metrics(metrics_path)))

@@ -419,7 +419,7 @@ def stop(requested_here: bool, env: DistEnv, run_dir: Path, step: int) -> None:
 
 def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: DistEnv,
            device: torch.device, start_step: int, val_loss: float | None, train_seconds: float) -> None:
-    """The final model, a sample, the loss plot, and summary.json last."""
+    """The final model, a sample, the loss chart, and summary.json last."""
     tokenizer = corpus.tokenizer
     write_final_model(run_dir / "model.pt", model, tokenizer)
     start = "\n" if "\n" in tokenizer.index else tokenizer.chars[0]
@@ -427,7 +427,7 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: 
                        config.sample_top_k, config.seed, device)
     checkpoint.atomic_write_text(run_dir / "sample.txt", text)
     log(f"sample ({config.sample_chars} characters):\n{text}")
-    plot_losses(run_dir / METRICS_FILE, run_dir / "loss.png")
+    plot_losses(run_dir / METRICS_FILE, run_dir / "loss.svg")
     summary = {"status": "complete", "final_step": config.max_steps, "world_size": env.world_size,
                "final_val_loss": val_loss, "resumed_from_step": start_step or None,
                "train_seconds": round(train_seconds, 3), "corpus_sha256": corpus.sha256,

@@ -260,7 +260,7 @@ def check_rank0_outputs_on_master(cluster: Cluster) -> None:
 def check_artifacts_fetched(cluster: Cluster, artifacts_dir) -> None:
     run_id = cluster.run_id()
     local = artifacts_dir / run_id
-    for artifact in ("model.pt", "sample.txt", "loss.png", "metrics.jsonl", "summary.json"):
+    for artifact in ("model.pt", "sample.txt", "loss.svg", "metrics.jsonl", "summary.json"):
         assert (local / artifact).is_file() and (local / artifact).stat().st_size > 0, (
             f"{local / artifact} is missing or empty: site.yml with trainer_wait=true fetches it")
     remote = cluster.host(cluster.names[0]).file(f"{cluster.run_dir_on_master()}/sample.txt").content

@@ -40,7 +40,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("CHARGPT_") and key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_DIR), env.get("PYTHONPATH")]))
-    env["MPLCONFIGDIR"] = env.get("MPLCONFIGDIR", "/tmp/matplotlib-tests")
     env.update(extra)
     return env
 

@@ -100,7 +100,7 @@ def test_two_ranks_learn_and_a_killed_run_resumes_to_the_same_parameters(corpus_
     # From ln(65) = 4.17 untrained, through the unigram plateau (about 3.3), to bigram-like text.
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.1, metrics
     assert metrics[-1]["val_loss"] < 2.6, metrics
-    for name in ("config.json", "model.pt", "sample.txt", "loss.png", "summary.json"):
+    for name in ("config.json", "model.pt", "sample.txt", "loss.svg", "summary.json"):
         assert (uninterrupted / name).is_file(), name
     assert sorted(p.name for p in (uninterrupted / "checkpoints").iterdir()) == [
         f"ckpt-{STEPS - 25:08d}.pt", f"ckpt-{STEPS:08d}.pt"]
