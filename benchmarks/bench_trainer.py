@@ -208,7 +208,7 @@ def profile(args: argparse.Namespace) -> None:
     from chargpt.data import load_corpus
     from chargpt.hardware import autocast_context, compute_dtype
     from chargpt.model import GPT, model_args
-    from chargpt.train import build_optimizer, train_step
+    from chargpt.train import build_optimizer, sample_micro_batches, train_step
 
     config = build_config("cpu", parse_assignments([f"num_threads={args.threads}", *args.assignments]), environ={})
     corpus = load_corpus(args.data, config.block_size, config.val_fraction)
@@ -221,8 +221,8 @@ def profile(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(config.seed)
 
     def step(index: int) -> None:
-        train_step(model, optimizer, corpus, config, index, config.batch_size, 1, generator, device,
-                   autocast_context(dtype, device))
+        batches = sample_micro_batches(corpus, config, config.micro_batches(1, 0), generator)
+        train_step(model, optimizer, config, index, batches, 1, device, autocast_context(dtype, device))
 
     for index in range(30):
         step(index)

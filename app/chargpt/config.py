@@ -136,25 +136,33 @@ class TrainConfig:
                               "--run-dir) for another shape")
 
     def check_world_size(self, world_size: int) -> None:
-        """Reject a global batch that cannot be split evenly over the ranks and micro-batches."""
+        """Reject a world in which a rank would get no sequence of the global batch."""
         if world_size < 1:
             raise ConfigError(f"the world size {world_size} must be at least 1 (nodes x processes per node)")
-        if self.batch_size % world_size:
+        if self.batch_size < world_size:
             raise ConfigError(
-                f"batch_size={self.batch_size} is not divisible by the world size {world_size}; "
-                f"set batch_size to a multiple of {world_size}")
-        per_rank = self.batch_size // world_size
-        if self.micro_batch_size and per_rank % self.micro_batch_size:
-            raise ConfigError(
-                f"micro_batch_size={self.micro_batch_size} does not divide the per-rank batch "
-                f"{per_rank} (batch_size {self.batch_size} / world size {world_size}); "
-                "pick a divisor or 0")
+                f"batch_size={self.batch_size} is smaller than the world size {world_size}; "
+                f"set batch_size to at least {world_size}")
 
-    def micro_batches(self, world_size: int) -> tuple[int, int]:
-        """(sequences per forward pass, gradient accumulation steps) on one rank."""
-        per_rank = self.batch_size // world_size
-        micro = self.micro_batch_size or per_rank
-        return micro, per_rank // micro
+    def rank_batch(self, world_size: int, rank: int) -> int:
+        """Sequences per step on one rank: the global batch split as evenly as it goes, the first
+        batch_size % world_size ranks taking one more."""
+        share, extra = divmod(self.batch_size, world_size)
+        return share + (1 if rank < extra else 0)
+
+    def micro_batches(self, world_size: int, rank: int) -> list[int]:
+        """Sequences per forward pass on one rank, in order: micro_batch_size each (0: the whole
+        share at once), the last one what is left."""
+        share = self.rank_batch(world_size, rank)
+        micro = self.micro_batch_size or share
+        return [min(micro, share - start) for start in range(0, share, micro)]
+
+    def loss_divisor(self, sequences: int, world_size: int) -> float:
+        """What the mean loss of a micro-batch of that many sequences is divided by before its backward
+        pass: DDP averages the ranks' gradients, so the step's gradient is then that of the mean loss
+        over the global batch, however unevenly the ranks share it. With an even split into equal
+        micro-batches this is their number per rank, as in plain gradient accumulation."""
+        return self.batch_size / (sequences * world_size)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,7 +179,7 @@ PRESETS: dict[str, dict] = {
     # in fewer steps (docs/PERFORMANCE.md); 50 evaluation batches per split keep the noise of the
     # val loss well under the differences between such settings.
     "cpu": dict(tie_embeddings=False, eval_batches=50),
-    # A few seconds on two CPU cores; batch 12 splits over 1, 2, 3 or 4 ranks.
+    # A few seconds on two CPU cores; its batch of 12 runs on up to 12 ranks.
     "smoke": dict(
         n_layer=2, n_head=4, n_embd=64, block_size=32, batch_size=12, max_steps=80,
         lr=5e-3, min_lr=5e-4, warmup_steps=5, eval_interval=20, eval_batches=4,

@@ -80,35 +80,42 @@ def restore_rng_state(state: dict, batch_generator: torch.Generator, device: tor
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_step(model, optimizer, corpus: Corpus, config: TrainConfig, step: int,
-               micro_batch: int, accumulation: int, generator: torch.Generator,
-               device: torch.device, autocast) -> torch.Tensor:
-    """One optimizer step over accumulation micro-batches; returns this rank's mean loss.
+def train_step(model, optimizer, config: TrainConfig, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]],
+               world_size: int, device: torch.device, autocast) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches (inputs, targets). Returns this rank's part of
+    the global batch's mean loss: the mean over the ranks is that mean.
 
     The loss stays a tensor so that a GPU need not synchronise every step."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, step)
+    ddp = getattr(model, "_orig_mod", model)  # the DDP module, also under torch.compile's wrapper
     total = torch.zeros((), device=device)
-    for micro in range(accumulation):
-        x, y = sample_batch(corpus.train, micro_batch, config.block_size, generator)
+    for index, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        # Only the last micro-batch all-reduces the gradients.
-        sync = micro == accumulation - 1 or not isinstance(model, DistributedDataParallel)
-        with contextlib.nullcontext() if sync else model.no_sync():
+        # Only the last micro-batch all-reduces the gradients, so ranks may run different numbers of them.
+        sync = index == len(batches) - 1 or not isinstance(ddp, DistributedDataParallel)
+        with contextlib.nullcontext() if sync else ddp.no_sync():
             with autocast:
                 _, loss = model(x, y)
-            (loss / accumulation).backward()
-        total += loss.detach()
+            weighted = loss / config.loss_divisor(len(x), world_size)
+            weighted.backward()
+        total += weighted.detach()
     if config.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total / accumulation
+    return total
+
+
+def sample_micro_batches(corpus: Corpus, config: TrainConfig, sizes: list[int],
+                         generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's training batches for one step, one per micro-batch size."""
+    return [sample_batch(corpus.train, size, config.block_size, generator) for size in sizes]
 
 
 @torch.inference_mode()
 def estimate_loss(model: GPT, corpus: Corpus, config: TrainConfig, env: DistEnv, step: int,
-                  micro_batch: int, device: torch.device, autocast) -> tuple[float, float]:
+                  batch: int, device: torch.device, autocast) -> tuple[float, float]:
     """Mean loss on both splits; the eval batches are shared among the ranks and averaged."""
     model.eval()
     batches = max(1, math.ceil(config.eval_batches / env.world_size))
@@ -117,7 +124,7 @@ def estimate_loss(model: GPT, corpus: Corpus, config: TrainConfig, env: DistEnv,
     losses = torch.zeros(2, device=device)
     for index, split in enumerate((corpus.train, corpus.val)):
         for _ in range(batches):
-            x, y = sample_batch(split, micro_batch, config.block_size, generator)
+            x, y = sample_batch(split, batch, config.block_size, generator)
             with autocast:
                 _, loss = model(x.to(device), y.to(device))
             losses[index] += loss.float()
@@ -206,7 +213,7 @@ class Evaluator:
     corpus: Corpus
     config: TrainConfig
     env: DistEnv
-    micro_batch: int
+    eval_batch: int  # sequences per forward pass, the same on every rank
     device: torch.device
     autocast: contextlib.AbstractContextManager
     metrics_path: Path
@@ -221,7 +228,7 @@ class Evaluator:
         """Evaluate and record the result; returns the seconds it took, the metrics write included."""
         began = time.perf_counter()
         train_loss, self.val_loss = estimate_loss(self.model, self.corpus, self.config, self.env, step,
-                                                  self.micro_batch, self.device, self.autocast)
+                                                  self.eval_batch, self.device, self.autocast)
         took = time.perf_counter() - began
         self.eval_seconds += took
         if self.env.is_main:
@@ -330,12 +337,13 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, env: DistEnv, device: to
     (run_dir / "summary.json").unlink(missing_ok=True)  # it marks a finished run: not this one yet
     start_step = 0 if state is None else state["step"]
     record_attempt(run_dir, config, env.world_size, start_step or None, corpus_sha256, warn)
-    micro_batch, accumulation = config.micro_batches(env.world_size)
+    most, least = config.rank_batch(env.world_size, 0), config.rank_batch(env.world_size, env.world_size - 1)
+    shares = str(most) if most == least else f"{most} or {least}"
     log(f"world_size={env.world_size} device={device} dtype={str(dtype).removeprefix('torch.')} "
         f"threads/rank={torch.get_num_threads()} "
         f"params={model.num_parameters():,} vocab={model.config.vocab_size} "
-        f"global batch={config.batch_size} ({micro_batch} x {accumulation} accumulation "
-        f"x {env.world_size} ranks) context={config.block_size}")
+        f"global batch={config.batch_size} ({shares} per rank x {env.world_size} ranks, "
+        f"micro-batches of at most {config.micro_batches(env.world_size, 0)[0]}) context={config.block_size}")
     if start_step:
         log(f"resumed from step {start_step}")
         restore_metrics(run_dir / METRICS_FILE, start_step, state.get("metrics"))
@@ -368,22 +376,25 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
     wrapped = parallelize(model, config, env, device)
     dtype = compute_dtype(config, device)
     autocast = autocast_context(dtype, device)
-    micro_batch, accumulation = config.micro_batches(env.world_size)
+    micro_batches = config.micro_batches(env.world_size, env.rank)
+    # Evaluation batches of one size on every rank, so that the mean over the ranks is exact.
+    eval_batch = config.micro_batches(env.world_size, 0)[0]
     if env.is_main:
         prepare_run_dir(run_dir, config, env, device, dtype, model, state, corpus.sha256)
     del state  # the checkpoint resumed from: not needed while training
 
     started = time.perf_counter()
     progress = ProgressLogger(config, env, device, start_step, started, run_dir)
-    evaluator = Evaluator(model, corpus, config, env, micro_batch, device, autocast,
+    evaluator = Evaluator(model, corpus, config, env, eval_batch, device, autocast,
                           run_dir / METRICS_FILE, started)
     checkpointer = Checkpointer(run_dir, model, optimizer, config, corpus, generator, env, device, pause)
     vote = StopVote()
     try:
         for step in range(start_step + 1, config.max_steps + 1):
             vote.start()
-            progress.record(train_step(wrapped, optimizer, corpus, config, step - 1, micro_batch, accumulation,
-                                       generator, device, autocast))
+            batches = sample_micro_batches(corpus, config, micro_batches, generator)
+            progress.record(train_step(wrapped, optimizer, config, step - 1, batches, env.world_size, device,
+                                       autocast))
             stopping = vote.agreed() and step < config.max_steps
             if progress.should_log(step) or stopping:
                 progress.log(step)

@@ -240,11 +240,17 @@ def test_an_unknown_preset(tmp_path):
     assert_stopped(preflight(tmp_path, group_vars={"trainer_preset": "giant"}), "unknown preset 'giant'")
 
 
-def test_a_world_size_that_does_not_divide_the_batch(tmp_path):
-    # The smoke preset's global batch of 12 does not split over 5 hosts.
+def test_a_world_size_that_does_not_divide_the_batch_passes(tmp_path):
+    # The smoke preset's global batch of 12 over 5 hosts: shares of 3, 3, 2, 2 and 2.
+    result = preflight(tmp_path, workers=["node2", "node3", "node4", "node5"], group_vars={"trainer_preset": "smoke"})
+    assert result.returncode == 0, output(result)
+
+
+def test_a_world_size_larger_than_the_batch(tmp_path):
+    # A global batch of 4 leaves the fifth host no sequence.
     assert_stopped(preflight(tmp_path, workers=["node2", "node3", "node4", "node5"],
-                             group_vars={"trainer_preset": "smoke"}),
-                   "batch_size=12 is not divisible by the world size 5")
+                             group_vars={"trainer_preset": "smoke", "trainer_overrides": {"batch_size": 4}}),
+                   "batch_size=4 is smaller than the world size 5; set batch_size to at least 5")
 
 
 def test_an_allowed_change_of_a_shape_key(tmp_path):

@@ -83,8 +83,8 @@ def test_a_symlinked_corpus_is_followed(capsys, corpus_path, tmp_path):
                                 "to a finite number such as 0.001"),
     (["--set", "weight_decay=inf"], {}, "weight_decay=inf is not a finite number (from --set weight_decay)"),
     (["--set", "beta1=-inf"], {}, "beta1=-inf is not a finite number"),
-    (["--world-size", "5"], {}, "batch_size=12 is not divisible by the world size 5; set batch_size to a "
-                                "multiple of 5"),
+    (["--world-size", "13"], {}, "batch_size=12 is smaller than the world size 13; set batch_size to at "
+                                 "least 13"),
     (["--world-size", "0"], {}, "the world size 0 must be at least 1"),
     (["--set", "block_size=20000"], {}, "its validation split has 20000 characters but block_size=20000 "
                                          "needs more than that; use a longer corpus or a smaller block_size"),

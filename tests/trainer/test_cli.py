@@ -86,12 +86,12 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
     assert snapshot(finished_run) == before
 
 
-def test_batch_not_divisible_by_the_world_fails_before_the_process_group(corpus_path, tmp_path):
+def test_a_batch_smaller_than_the_world_fails_before_the_process_group(corpus_path, tmp_path):
     run_dir = tmp_path / "run"
     result = run_process(torchrun_command(2, "train", "--data", str(corpus_path), "--preset", "smoke",
-                                          "--run-dir", str(run_dir), "--set", "batch_size=9"))
+                                          "--run-dir", str(run_dir), "--set", "batch_size=1"))
     assert result.returncode != 0
-    message = "batch_size=9 is not divisible by the world size 2"
+    message = "batch_size=1 is smaller than the world size 2"
     assert result.stderr.count(message) == 1, result.stderr
     assert "process group" not in result.stdout
     assert not run_dir.exists()

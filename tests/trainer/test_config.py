@@ -2,6 +2,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from chargpt.config import PRESETS, ConfigError, TrainConfig, build_config, parse_assignments
 
@@ -17,9 +18,18 @@ def test_presets_hold_the_documented_values():
     assert cpu.warmup_steps > 0
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-def test_smoke_preset_splits_over_one_to_four_ranks(world_size):
-    build_config("smoke", environ={}).check_world_size(world_size)
+@pytest.mark.parametrize("preset, worlds", [("smoke", range(1, 13)), ("cpu", range(1, 13)),
+                                            ("original", range(1, 65))])
+def test_presets_run_on_every_world_size_up_to_their_batch(preset, worlds):
+    for world_size in worlds:
+        build_config(preset, environ={}).check_world_size(world_size)
+
+
+@pytest.mark.parametrize("world_size", range(13, 17))
+def test_a_world_larger_than_the_batch_says_what_to_set(world_size):
+    with pytest.raises(ConfigError, match=f"^batch_size=12 is smaller than the world size {world_size}; "
+                                          f"set batch_size to at least {world_size}$"):
+        build_config("smoke", environ={}).check_world_size(world_size)
 
 
 def test_precedence_is_set_then_environment_then_preset():
@@ -106,13 +116,51 @@ def test_the_model_shape_keys_are_the_gpt_config_fields_but_vocabulary_and_dropo
     assert RUNTIME_KEYS <= set(TrainConfig().to_dict()) and not RUNTIME_KEYS & MODEL_SHAPE_KEYS
 
 
-def test_batch_must_split_over_the_world():
-    config = build_config("cpu", environ={})
-    with pytest.raises(ConfigError, match="batch_size=12 is not divisible by the world size 5"):
-        config.check_world_size(5)
-    config = build_config("cpu", {"micro_batch_size": "4"}, environ={})
-    config.check_world_size(3)
-    assert config.micro_batches(3) == (4, 1)
-    assert config.micro_batches(1) == (4, 3)
-    with pytest.raises(ConfigError, match="micro_batch_size=4 does not divide the per-rank batch 6"):
-        config.check_world_size(2)
+def splits(batch_sizes=range(1, 25), micro_batch_sizes=(0, 1, 2, 3, 5)):
+    """(config, world size) for every world a batch of 1-24 can run on, with micro-batches of 0-5."""
+    for batch_size in batch_sizes:
+        for micro_batch_size in micro_batch_sizes:
+            config = TrainConfig(batch_size=batch_size, micro_batch_size=micro_batch_size)
+            for world_size in range(1, batch_size + 1):
+                config.check_world_size(world_size)
+                yield config, world_size
+
+
+def test_the_ranks_share_the_global_batch_as_evenly_as_it_goes():
+    for config, world_size in splits(micro_batch_sizes=(0,)):
+        shares = [config.rank_batch(world_size, rank) for rank in range(world_size)]
+        assert sum(shares) == config.batch_size
+        assert shares == sorted(shares, reverse=True) and shares[0] - shares[-1] <= 1, shares
+    assert [TrainConfig(batch_size=12).rank_batch(8, rank) for rank in range(8)] == [2, 2, 2, 2, 1, 1, 1, 1]
+
+
+def test_micro_batches_are_of_micro_batch_size_but_the_last():
+    for config, world_size in splits():
+        for rank in range(world_size):
+            sizes = config.micro_batches(world_size, rank)
+            assert sum(sizes) == config.rank_batch(world_size, rank)
+            micro = config.micro_batch_size or sizes[0]
+            assert all(size == micro for size in sizes[:-1]) and 0 < sizes[-1] <= micro, sizes
+    assert TrainConfig(batch_size=12, micro_batch_size=4).micro_batches(2, 0) == [4, 2]
+    assert TrainConfig(batch_size=12, micro_batch_size=0).micro_batches(5, 1) == [3]
+
+
+def test_weighted_losses_averaged_over_the_ranks_are_the_global_batch_mean():
+    """The loss of every sequence, split as the trainer splits it, weighted and averaged as DDP does."""
+    generator = torch.Generator().manual_seed(0)
+    for config, world_size in splits():
+        losses = torch.rand(config.batch_size, generator=generator, dtype=torch.float64)
+        per_rank = losses.split([config.rank_batch(world_size, rank) for rank in range(world_size)])
+        ranks = [sum(micro.mean() / config.loss_divisor(len(micro), world_size)
+                     for micro in share.split(config.micro_batches(world_size, rank)))
+                 for rank, share in enumerate(per_rank)]
+        assert math.isclose(sum(ranks) / world_size, losses.mean().item(), rel_tol=1e-12)
+
+
+def test_an_even_split_divides_each_loss_by_the_number_of_micro_batches():
+    """As plain gradient accumulation does, and exactly: the divisor is an integer-valued float."""
+    for config, world_size in splits():
+        if config.batch_size % world_size == 0:
+            sizes = config.micro_batches(world_size, 0)
+            if len(set(sizes)) == 1:
+                assert [config.loss_divisor(size, world_size) for size in sizes] == [len(sizes)] * len(sizes)
