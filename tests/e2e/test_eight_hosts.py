@@ -1,0 +1,48 @@
+"""Eight hosts from scratch: a lab of its own, one site.yml run with the shipped `smoke` preset
+(world size 8, its global batch of 12 split 2 or 1 per rank), then every check of a deployed
+cluster and of its fetched artifacts. Only against the lab, never --inventory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from harness.playbook import assert_succeeded
+
+from .checks import ARTIFACT_CHECKS, CHECKS
+from .cluster import Cluster
+from .lab import KEEP_LAB, LAB_NAME, Lab, timed
+
+HOSTS = 8
+RUN_ID = "e2e-eight-hosts"
+PLAYBOOK_VARS = ["-e", json.dumps({"trainer_preset": "smoke", "trainer_run_id": RUN_ID, "trainer_wait": True})]
+
+
+@pytest.fixture(scope="module")
+def eight_hosts(pytestconfig, artifacts_dir):
+    if pytestconfig.getoption("inventory", default=None):
+        pytest.skip("--inventory names a cluster of your own: the eight-host lab is not brought up")
+    lab = Lab(f"{LAB_NAME}{HOSTS}", playbook_vars=PLAYBOOK_VARS)
+    try:
+        timed(f"lab up ({HOSTS} hosts)", lab.command, "up", "--hosts", str(HOSTS))
+        shutil.rmtree(artifacts_dir / RUN_ID, ignore_errors=True)
+        assert_succeeded(lab.playbook(log_name=f"site-{HOSTS}-hosts-from-scratch"))
+        cluster = Cluster(lab.inventory)
+        assert len(cluster) == HOSTS and cluster.world_size == HOSTS, (
+            f"{lab.inventory}: {cluster.names}, world size {cluster.world_size}")
+        yield cluster
+    finally:
+        if not KEEP_LAB:
+            timed(f"lab down ({HOSTS} hosts)", lab.command, "down")
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+def test_eight_hosts(eight_hosts, check):
+    check(eight_hosts)
+
+
+@pytest.mark.parametrize("check", ARTIFACT_CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+def test_eight_hosts_artifacts(eight_hosts, artifacts_dir, check):
+    check(eight_hosts, artifacts_dir)
