@@ -1,5 +1,6 @@
 """What the trainer image installs: the pinned requirements cover chargpt's imports and nothing for plotting, and
-the builder stage prunes torch's tests and headers before the venv reaches the final image."""
+the build stages prune torch's tests and headers before the venv reaches the final image, and the trainer's code
+is a layer of its own."""
 
 import ast
 import re
@@ -42,9 +43,15 @@ def test_no_plotting_stack_is_pinned_and_the_package_asks_for_the_pinned_version
         assert pins.get(name) == version, dependency
 
 
-def test_the_builder_stage_prunes_torch_before_the_venv_is_copied():
+def test_the_build_stages_prune_torch_before_the_venv_is_copied():
     dockerfile = (APP_DIR / "Dockerfile").read_text(encoding="utf-8")
-    builder, final = dockerfile.split("COPY --from=builder", 1)
+    stages, final = dockerfile.split("COPY --from=", 1)
     for removed in ("torch/test", "torch/include", "torch/bin", "-name tests", "pip uninstall"):
-        assert removed in builder, removed
+        assert removed in stages, removed
     assert not re.search(r"^(RUN|COPY)\b.*\bpip\b", final, re.MULTILINE), "the final stage must not install"
+
+
+def test_the_trainer_code_is_a_layer_of_its_own_after_the_dependencies():
+    """A change to chargpt's code must not make a new layer of torch for every host to fetch."""
+    copies = re.findall(r"^COPY --from=(\w+) (\S+)", (APP_DIR / "Dockerfile").read_text(encoding="utf-8"), re.MULTILINE)
+    assert copies == [("runtime", "/opt/venv"), ("trainer", "/opt/chargpt")], copies
