@@ -279,6 +279,11 @@ def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
 
 CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_swarm, check_overlay_network,
           check_overlay_reaches_across_hosts, check_image_registry, check_trainers_share_one_image,
-          check_trainers_run_as_non_root, check_trainers_publish_no_ports, check_trainers_are_confined, check_image_has_no_setuid_files,
-          check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
+          check_trainers_run_as_non_root, check_trainers_publish_no_ports, check_trainers_are_confined,
+          check_image_has_no_setuid_files, check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
 ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]
+
+
+def check_id(check) -> str:
+    """A check's name in a test id: check_swarm -> swarm."""
+    return check.__name__.removeprefix("check_")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import pytest
 
-from .checks import ARTIFACT_CHECKS, CHECKS
+from .checks import ARTIFACT_CHECKS, CHECKS, check_id
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("check", CHECKS, ids=check_id)
 def test_cluster(cluster, check):
     check(cluster)
 
 
-@pytest.mark.parametrize("check", ARTIFACT_CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("check", ARTIFACT_CHECKS, ids=check_id)
 def test_artifacts(cluster, artifacts_dir, check):
     check(cluster, artifacts_dir)

@@ -11,7 +11,7 @@ import pytest
 
 from harness.playbook import assert_succeeded
 
-from .checks import ARTIFACT_CHECKS, CHECKS
+from .checks import ARTIFACT_CHECKS, CHECKS, check_id
 from .cluster import Cluster
 from .lab import KEEP_LAB, LAB_NAME, Lab, timed
 
@@ -38,11 +38,11 @@ def eight_hosts(pytestconfig, artifacts_dir):
             timed(f"lab down ({HOSTS} hosts)", lab.command, "down")
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("check", CHECKS, ids=check_id)
 def test_eight_hosts(eight_hosts, check):
     check(eight_hosts)
 
 
-@pytest.mark.parametrize("check", ARTIFACT_CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("check", ARTIFACT_CHECKS, ids=check_id)
 def test_eight_hosts_artifacts(eight_hosts, artifacts_dir, check):
     check(eight_hosts, artifacts_dir)
