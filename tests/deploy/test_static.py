@@ -67,6 +67,8 @@ def test_site_checks_before_it_changes_anything():
     for stage in STAGES:
         plays = yaml.safe_load((REPO / "playbooks" / "stages" / f"{stage}.yml").read_text())
         assert all(play.get("any_errors_fatal") for play in plays), f"{stage}: a failed host must stop every host"
+        assert not any(play["gather_facts"] for play in plays), f"{stage}: the preflight gathered the facts once"
+    assert preflight[0]["gather_facts"] is True
 
 
 @pytest.mark.parametrize("stage", STAGES)
