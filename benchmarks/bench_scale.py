@@ -1,7 +1,8 @@
 """How deployment scales with the number of hosts (not a test: it prints figures). For each host
 count, one after the other, a fresh lab (`LAB_NAME=bench<N> lab/lab up --hosts N`), site.yml on it
-with the run going on in the background (trainer_wait false), site.yml again while it trains, a
-look at the training steps, and the lab down again (also on failure), so that one lab runs at a time.
+with the run going on in the background (trainer_wait false), a look at the training steps, then,
+once the run has finished and the machine is idle again, playbooks/status.yml and site.yml again,
+and the lab down (also on failure), so that one lab runs at a time.
 
 Columns:
 - fresh deploy to first step: from the start of site.yml to the time stamp the master's engine
@@ -10,8 +11,11 @@ Columns:
   every host's trainer joined the group and the master logged a step), so the figure is site.yml's
   wall time less what it did after step 1: its last polling round (up to 3 s) and the tasks after
   it. Both are printed; the image is built beforehand (below), so no host count pays for a build.
-- re-run: wall time of a second site.yml with the same variables while the run trains, and the
+- status: wall time of playbooks/status.yml on the finished run (read-only; it must say finished).
+- re-run: wall time of a second site.yml with the same variables on the finished run, and the
   sum of changed= over the PLAY RECAP (0 when idempotent; the changed tasks are printed otherwise).
+  It runs after the run, not during it: N simulated trainers on the machine's two cores would
+  measure the training's load, not the deployment's per-host work.
 - bytes sent: bytes of the IP packets this machine (the control node) originates towards the
   lab's subnet (SSH, the image archive, ...), counted by an nftables table of the benchmark's own
   (`chargpt_<lab>`, hook output, removed at the end), around the fresh site.yml and around the
@@ -22,7 +26,7 @@ Columns:
   the bridge also transmits what this machine routes to the hosts, i.e. every host's apt
   downloads (the Docker engine). It is printed and kept in --json (bridge_tx_*) for comparison.
 - step time: median over the 10-step windows between the master's step log lines that start at
-  step >= 20 and after the re-run ended, of the window's time / 10, at world size N. Evaluations
+  step >= 20, of the window's time / 10, at world size N. Evaluations
   and checkpoints are moved to the last step (overrides), so that the windows hold only steps.
 
 Headlines are ratios measured in the same run against the smallest host count (2 by default).
@@ -37,7 +41,7 @@ save), before any timing.
 It needs what site.yml needs: data/input.txt, and app/wheelhouse where the build has no package
 index (both ignored by git: copy them into a new worktree).
 
-    python benchmarks/bench_scale.py [--hosts 2 4 8] [--preset smoke] [--json PATH]
+    python benchmarks/bench_scale.py [--hosts 2 4 8] [--preset smoke] [--max-steps 400] [--json PATH]
 """
 
 from __future__ import annotations
@@ -141,20 +145,32 @@ def first_step_at(lab: str, timeout: float = 120) -> float:
     sys.exit(f"{lab}: no training step in the master's log {timeout:.0f} s after site.yml")
 
 
-def median_step_s(lab: str, after: float, timeout: float) -> tuple[float, int]:
-    """Median seconds a step over the windows that start after `after` at step >= FIRST_WINDOW_STEP;
-    waits up to timeout for WINDOWS of them (fewer when the run ends first)."""
+def median_step_s(lab: str, timeout: float) -> tuple[float, int]:
+    """Median seconds a step over the windows that start at step >= FIRST_WINDOW_STEP; waits up to
+    timeout for WINDOWS of them (fewer when the run ends first)."""
     deadline = time.monotonic() + timeout
     while True:
         steps = step_times(lab)
         windows = [(at_b - at_a) / (step_b - step_a) for (step_a, at_a), (step_b, at_b) in zip(steps, steps[1:])
-                   if step_a >= FIRST_WINDOW_STEP and at_a >= after and step_b > step_a]
+                   if step_a >= FIRST_WINDOW_STEP and step_b > step_a]
         if len(windows) >= WINDOWS or time.monotonic() > deadline:
             break
         time.sleep(2)
     if not windows:
-        sys.exit(f"{lab}: no step window after the re-run; raise --max-steps")
+        sys.exit(f"{lab}: no step window; raise --max-steps")
     return statistics.median(windows), len(windows)
+
+
+def wait_until_finished(lab: str, hosts: int, timeout: float) -> None:
+    """Until every host's trainer container exited 0 (the run completed)."""
+    deadline = time.monotonic() + timeout
+    for number in range(1, hosts + 1):
+        while (state := docker("exec", f"{lab}-host-{number}", "docker", "ps", "-a", "--filter",
+                               "label=org.chargpt.node-rank", "--format", "{{.Status}}")) \
+                and not state.startswith("Exited (0)"):
+            if state.startswith("Exited") or time.monotonic() > deadline:
+                sys.exit(f"{lab}-host-{number}: the trainer did not complete ({state})")
+            time.sleep(2)
 
 
 def changed_total(run: PlaybookRun) -> int:
@@ -190,19 +206,26 @@ def measure(hosts: int, preset: str, max_steps: int, warm_up: bool) -> dict:
         check(fresh, f"site.yml on {lab_name}")
         first_s = first_step_at(lab_name) - started
         sent1, bridge1 = counters.read()
+        step_s, windows = median_step_s(lab_name, timeout=180)
+        wait_until_finished(lab_name, hosts, timeout=600)
+        status_started = time.time()
+        status = lab.playbook("playbooks/status.yml", log_name=f"bench-scale-{hosts}-status")
+        status_s = time.time() - status_started
+        check(status, f"status.yml on {lab_name}")
+        if f"run bench-scale-{hosts}: finished" not in status.text:
+            sys.exit(f"status.yml on {lab_name} does not say the run finished:\n{status.tail()}")
         rerun_started = time.time()
         rerun = lab.playbook(log_name=f"bench-scale-{hosts}-rerun")
         rerun_s = time.time() - rerun_started
-        rerun_ended = time.time()
         check(rerun, f"the re-run on {lab_name}")
         sent2, bridge2 = counters.read()
-        step_s, windows = median_step_s(lab_name, rerun_ended, timeout=180)
         if changed_total(rerun):
             print(f"  {hosts} hosts: the re-run changed {rerun.changed_hosts()}: {rerun.changed_tasks()}")
         return {"hosts": hosts, "fresh_to_first_step_s": first_s, "fresh_site_yml_s": fresh_s,
-                "rerun_s": rerun_s, "rerun_changed": changed_total(rerun), "sent_fresh_bytes": sent1 - sent0,
-                "sent_rerun_bytes": sent2 - sent1, "bridge_tx_fresh_bytes": bridge1 - bridge0,
-                "bridge_tx_rerun_bytes": bridge2 - bridge1, "step_s": step_s, "step_windows": windows}
+                "status_s": status_s, "rerun_s": rerun_s, "rerun_changed": changed_total(rerun),
+                "sent_fresh_bytes": sent1 - sent0, "sent_rerun_bytes": sent2 - sent1,
+                "bridge_tx_fresh_bytes": bridge1 - bridge0, "bridge_tx_rerun_bytes": bridge2 - bridge1,
+                "step_s": step_s, "step_windows": windows}
     finally:
         if counters is not None:
             counters.remove()
@@ -214,11 +237,12 @@ def verdict(ratio: float, target: float) -> str:
 
 
 def report(results: list[dict]) -> None:
-    print(f"\n{'hosts':>5} | {'fresh to 1st step s':>19} | {'site.yml s':>10} | {'re-run s (changed)':>18} | "
-          f"{'sent fresh MB':>13} | {'sent re-run MB':>14} | {'step ms':>7}")
+    print(f"\n{'hosts':>5} | {'fresh to 1st step s':>19} | {'site.yml s':>10} | {'status s':>8} | "
+          f"{'re-run s (changed)':>18} | {'sent fresh MB':>13} | {'sent re-run MB':>14} | {'step ms':>7}")
     for row in results:
         print(f"{row['hosts']:>5} | {row['fresh_to_first_step_s']:>19.1f} | {row['fresh_site_yml_s']:>10.1f} | "
-              f"{row['rerun_s']:>10.1f} ({row['rerun_changed']:>3}) | {row['sent_fresh_bytes'] / 1e6:>13.1f} | "
+              f"{row['status_s']:>8.1f} | {row['rerun_s']:>10.1f} ({row['rerun_changed']:>3}) | "
+              f"{row['sent_fresh_bytes'] / 1e6:>13.1f} | "
               f"{row['sent_rerun_bytes'] / 1e6:>14.2f} | {row['step_s'] * 1e3:>7.1f}")
     print("(bridge tx, for comparison: " + ", ".join(
         f"{row['hosts']} hosts {row['bridge_tx_fresh_bytes'] / 1e6:.1f} MB fresh, "
@@ -235,8 +259,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--preset", default="smoke")
-    parser.add_argument("--max-steps", type=int, default=100_000,
-                        help="steps of each run: enough that it still trains after the re-run")
+    parser.add_argument("--max-steps", type=int, default=400,
+                        help="steps of each run: enough for the step windows, short enough to finish soon")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
@@ -246,7 +270,7 @@ def main() -> None:
         results.append(measure(hosts, args.preset, args.max_steps, warm_up=number == 0))
         row = results[-1]
         print(f"{hosts} hosts: first step {row['fresh_to_first_step_s']:.1f} s after site.yml's start "
-              f"(site.yml {row['fresh_site_yml_s']:.1f} s), re-run {row['rerun_s']:.1f} s "
+              f"(site.yml {row['fresh_site_yml_s']:.1f} s), status {row['status_s']:.1f} s, re-run {row['rerun_s']:.1f} s "
               f"changed={row['rerun_changed']}, step {row['step_s'] * 1e3:.1f} ms", flush=True)
     report(results)
     if args.json:

@@ -1,6 +1,7 @@
 """Eight hosts from scratch: a lab of its own, one site.yml run with the shipped `smoke` preset
 (world size 8, its global batch of 12 split 2 or 1 per rank), then every check of a deployed
-cluster and of its fetched artifacts. Only against the lab, never --inventory."""
+cluster and of its fetched artifacts, and the status of the finished run with a row for every host.
+Only against the lab, never --inventory."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from harness.playbook import assert_succeeded
 from .checks import ARTIFACT_CHECKS, CHECKS, check_id
 from .cluster import Cluster
 from .lab import KEEP_LAB, LAB_NAME, Lab, timed
+from .status import FINISHED, status
 
 HOSTS = 8
 RUN_ID = "e2e-eight-hosts"
@@ -21,7 +23,7 @@ PLAYBOOK_VARS = ["-e", json.dumps({"trainer_preset": "smoke", "trainer_run_id": 
 
 
 @pytest.fixture(scope="module")
-def eight_hosts(pytestconfig, artifacts_dir):
+def eight_hosts_lab(pytestconfig, artifacts_dir):
     if pytestconfig.getoption("inventory", default=None):
         pytest.skip("--inventory names a cluster of your own: the eight-host lab is not brought up")
     lab = Lab(f"{LAB_NAME}{HOSTS}", playbook_vars=PLAYBOOK_VARS)
@@ -29,13 +31,18 @@ def eight_hosts(pytestconfig, artifacts_dir):
         timed(f"lab up ({HOSTS} hosts)", lab.command, "up", "--hosts", str(HOSTS))
         shutil.rmtree(artifacts_dir / RUN_ID, ignore_errors=True)
         assert_succeeded(lab.playbook(log_name=f"site-{HOSTS}-hosts-from-scratch"))
-        cluster = Cluster(lab.inventory)
-        assert len(cluster) == HOSTS and cluster.world_size == HOSTS, (
-            f"{lab.inventory}: {cluster.names}, world size {cluster.world_size}")
-        yield cluster
+        yield lab
     finally:
         if not KEEP_LAB:
             timed(f"lab down ({HOSTS} hosts)", lab.command, "down")
+
+
+@pytest.fixture(scope="module")
+def eight_hosts(eight_hosts_lab):
+    cluster = Cluster(eight_hosts_lab.inventory)
+    assert len(cluster) == HOSTS and cluster.world_size == HOSTS, (
+        f"{eight_hosts_lab.inventory}: {cluster.names}, world size {cluster.world_size}")
+    return cluster
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=check_id)
@@ -46,3 +53,9 @@ def test_eight_hosts(eight_hosts, check):
 @pytest.mark.parametrize("check", ARTIFACT_CHECKS, ids=check_id)
 def test_eight_hosts_artifacts(eight_hosts, artifacts_dir, check):
     check(eight_hosts, artifacts_dir)
+
+
+def test_eight_hosts_status(eight_hosts_lab, eight_hosts):
+    shown = status(eight_hosts_lab, eight_hosts.names, log_name=f"status-{HOSTS}-hosts")
+    assert (shown.run_id, shown.state, shown.exit_code) == (RUN_ID, "finished", FINISHED), shown.run.tail(30)
+    assert all(shown.step(host) == shown.step(eight_hosts.names[0]) > 0 for host in eight_hosts.names), shown.rows
