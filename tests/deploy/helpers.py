@@ -30,8 +30,9 @@ def local_inventory(path: Path, master: list[str], workers: list[str], managers:
                            host_vars=host_vars, cluster_only=cluster_only)
 
 
-def run_playbook(playbook: str, inventory: Path, *args: str, timeout: int = 300) -> PlaybookRun:
-    return harness.playbook.run_playbook(playbook, inventory, *args, timeout=timeout)
+def run_playbook(playbook: str, inventory: Path, *args: str, timeout: int = 300,
+                 env: dict[str, str] | None = None) -> PlaybookRun:
+    return harness.playbook.run_playbook(playbook, inventory, *args, timeout=timeout, env=env)
 
 
 def output(result: PlaybookRun) -> str:

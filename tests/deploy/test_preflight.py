@@ -13,9 +13,9 @@ from .helpers import CORPUS, local_inventory, output, run_playbook
 TWO = (["node1"], ["node2"])
 
 
-def preflight(tmp_path, master=TWO[0], workers=TWO[1], **kwargs) -> subprocess.CompletedProcess:
+def preflight(tmp_path, master=TWO[0], workers=TWO[1], env=None, args=(), **kwargs) -> subprocess.CompletedProcess:
     inventory = local_inventory(tmp_path / "hosts.yml", list(master), list(workers), **kwargs)
-    return run_playbook("playbooks/preflight.yml", inventory)
+    return run_playbook("playbooks/preflight.yml", inventory, *args, env=env)
 
 
 def assert_stopped(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -294,6 +294,14 @@ def test_a_host_clock_within_the_limit_passes(tmp_path):
     assert result.returncode == 0, output(result)
 
 
+def test_the_control_nodes_time_zone_does_not_count(tmp_path):
+    # Both sides are seconds since the epoch: a control node 5.5 h ahead of UTC (a POSIX TZ, which
+    # needs no time zone database) sees the same offsets as one on UTC.
+    result = preflight(tmp_path, host_vars={"node2": {"swarm_host_epoch": time.time() + 1}},
+                       group_vars={"swarm_max_clock_skew_s": 30}, env={"TZ": "IST-5:30"})
+    assert result.returncode == 0, output(result)
+
+
 @pytest.mark.parametrize("name, value, shown", [
     ("swarm_firewall_extra_sources", ["10.0.0.0/24", "10.1.0.1 }; flush ruleset"],
      'swarm_firewall_extra_sources is ["10.0.0.0/24", "10.1.0.1 }; flush ruleset"] on node1'),
@@ -307,6 +315,27 @@ def test_firewall_settings(tmp_path, name, value, shown):
 
 def test_firewall_settings_that_fit_pass(tmp_path):
     result = preflight(tmp_path, group_vars={"swarm_firewall": True, "swarm_firewall_extra_sources": ["10.0.0.0/24"]})
+    assert result.returncode == 0, output(result)
+
+
+def test_firewall_with_a_host_left_out_of_the_run_and_no_address_for_it(tmp_path):
+    # node3 is outside the run: no facts give its default address, and the inventory gives none.
+    result = preflight(tmp_path, workers=["node2", "node3"], group_vars={"swarm_firewall": True},
+                       args=("--limit", "node1,node2"))
+    assert_stopped(result, "No swarm address is known for node3 (outside this run (--limit), so without facts, "
+                   "and swarm_firewall must let it in). Set swarm_advertise_addr, or an IPv4 ansible_host, for it in "
+                   "the inventory, or run without --limit.")
+
+
+def test_firewall_with_a_host_left_out_of_the_run_and_its_address_in_the_inventory(tmp_path):
+    # A local connection never uses ansible_host: here it only gives node3's swarm address.
+    result = preflight(tmp_path, workers=["node2", "node3"], group_vars={"swarm_firewall": True},
+                       host_vars={"node3": {"ansible_host": "198.51.100.13"}}, args=("--limit", "node1,node2"))
+    assert result.returncode == 0, output(result)
+
+
+def test_no_firewall_needs_no_address_of_the_hosts_left_out(tmp_path):
+    result = preflight(tmp_path, workers=["node2", "node3"], args=("--limit", "node1,node2"))
     assert result.returncode == 0, output(result)
 
 

@@ -4,6 +4,7 @@ changing the cluster."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import shlex
@@ -36,6 +37,20 @@ for target in sys.argv[1:]:
                 sys.exit(f"{target}: {error}")
             time.sleep(1)
 """ % PROBE_PORT
+# A size as Docker and Compose read one (go-units' RAMInBytes): "8g", "512m", "1.5GiB", or bytes.
+DOCKER_SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp]?)i?b?$", re.I)
+# The strings Ansible's bool filter takes for true: the compose template's test of trainer_overrides.compile.
+ANSIBLE_TRUE = {"1", "true", "yes", "on", "y", "t"}
+
+
+def docker_bytes(size: str | int) -> int:
+    """A Docker size in bytes; k, m, g, t and p count in 1024s, as Docker's do."""
+    match = DOCKER_SIZE.match(str(size).strip())
+    if match is None:
+        raise ValueError(f"{size!r} is not a size Docker reads")
+    number, unit = match.groups()
+    power = "kmgtp".index(unit.lower()) + 1 if unit else 0
+    return int(float(number) * 1024 ** power)
 
 
 def each_host(cluster: Cluster, check) -> None:
@@ -197,8 +212,8 @@ def check_trainers_publish_no_ports(cluster: Cluster) -> None:
 
 
 def check_trainers_are_confined(cluster: Cluster) -> None:
-    """No capabilities, no privilege gains, a read-only image, and of the host only the corpus
-    (read-only) and this run's directory (read-write)."""
+    """No capabilities, no privilege gains, a read-only image with a tmpfs at /tmp (noexec unless the
+    trainer compiles), and of the host only the corpus (read-only) and this run's directory (read-write)."""
     def check(name):
         container = cluster.trainer_container(name)
         host_config = container.raw["HostConfig"]
@@ -208,12 +223,43 @@ def check_trainers_are_confined(cluster: Cluster) -> None:
         assert "no-new-privileges:true" in (host_config.get("SecurityOpt") or []), (
             f"{container.name} may gain privileges (SecurityOpt {host_config.get('SecurityOpt')})")
         assert host_config.get("ReadonlyRootfs") is True, f"{container.name}'s image is writable"
+        tmpfs = host_config.get("Tmpfs") or {}
+        assert "/tmp" in tmpfs, f"{container.name} has no tmpfs at /tmp (its tmpfs: {tmpfs})"
+        # The trainer's config reaches it as CHARGPT_<KEY>: the container's own environment says whether it compiles.
+        compiles = container.env.get("CHARGPT_COMPILE", "").strip().lower() in ANSIBLE_TRUE
+        size = cluster.setting(name, "trainer", "trainer_tmp_size")
+        expected = {f"size={size}", "mode=1777", "nosuid", "nodev", "exec" if compiles else "noexec"}
+        options = set(tmpfs["/tmp"].split(","))
+        assert options == expected, f"{container.name}'s /tmp is mounted with {sorted(options)}, not {sorted(expected)}"
         run_dir = cluster.run_dir_in_container(container)
         mounts = {m["Destination"]: m for m in container.raw["Mounts"]}
         assert sorted(mounts) == sorted(["/data", run_dir]), (
             f"{container.name} mounts {sorted(mounts)}; expected only /data and {run_dir}")
         assert mounts["/data"]["RW"] is False, f"{container.name} may write the corpus"
         assert mounts[run_dir]["RW"] is True, f"{container.name} cannot write its run directory"
+    each_host(cluster, check)
+
+
+def check_trainers_have_their_limits(cluster: Cluster) -> None:
+    """The limits that the inventory sets, or else the trainer role's defaults, reach every trainer:
+    memory, /dev/shm, processes, the CPUs it may run on and its CPU time (none when trainer_cpus is empty)."""
+    def check(name):
+        container = cluster.trainer_container(name)
+        host_config = container.raw["HostConfig"]
+        setting = functools.partial(cluster.setting, name, "trainer")
+        expected = {"Memory": docker_bytes(setting("trainer_memory_limit")),
+                    "ShmSize": docker_bytes(setting("trainer_shm_size")),
+                    "PidsLimit": int(setting("trainer_pids_limit")),
+                    "CpusetCpus": str(setting("trainer_cpuset"))}
+        for field, value in expected.items():
+            assert host_config.get(field) == value, (
+                f"{container.name}'s {field} is {host_config.get(field)!r}, not {value!r}")
+        # Compose turns cpus into NanoCpus through a float: one part in a million of rounding passes.
+        cpus = str(setting("trainer_cpus"))
+        want = round(float(cpus) * 1e9) if cpus else 0
+        got = host_config.get("NanoCpus") or 0
+        assert abs(got - want) <= want * 1e-6, (
+            f"{container.name}'s NanoCpus is {got}, not {want} (trainer_cpus {cpus!r})")
     each_host(cluster, check)
 
 
@@ -280,6 +326,7 @@ def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
 CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_swarm, check_overlay_network,
           check_overlay_reaches_across_hosts, check_image_registry, check_trainers_share_one_image,
           check_trainers_run_as_non_root, check_trainers_publish_no_ports, check_trainers_are_confined,
+          check_trainers_have_their_limits,
           check_image_has_no_setuid_files, check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
 ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-from harness.roles import layout
+from harness.roles import layout, role_default
 
 # What the roles put on the Docker objects they create (templates/compose.yml.j2, roles/swarm).
 RUN_ID_LABEL = "org.chargpt.run-id"
@@ -73,6 +73,15 @@ class Cluster:
 
     def hostvars(self, name: str) -> dict:
         return self.runner.get_variables(name)
+
+    def setting(self, name: str, role: str, setting: str):
+        """A role's setting on host name as the inventory writes it, else the role's default. Extra
+        vars (-e) do not reach the checks: a cluster deployed with the setting given there is judged
+        by its inventory's value."""
+        value = self.hostvars(name).get(setting, role_default(role, setting))
+        assert "{{" not in str(value), (
+            f"{name}: the inventory sets {setting} to a template, {value!r}, which the checks cannot render")
+        return value
 
     def rank(self, name: str) -> int:
         return self.layout[name]["node_rank"]
