@@ -192,3 +192,22 @@ def test_readme_settings_table_matches_the_role_defaults():
         if isinstance(value, str) and "{{" in value or isinstance(value, (dict, list)) and value:
             continue
         assert shown == as_shown(value), f"the README shows {name} defaulting to {shown}; the role says {as_shown(value)}"
+
+
+def listed_tasks(*args: str) -> list[str]:
+    result = subprocess.run([tool("ansible-playbook"), "--list-tasks", "-i", "inventory/example/hosts.yml", "site.yml",
+                             *args], cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line.strip() for line in result.stdout.splitlines() if "TAGS:" in line]
+
+
+def test_the_network_probe_is_on_by_default_and_skipped_by_its_tag():
+    probe = yaml.safe_load((REPO / "roles" / "trainer" / "tasks" / "probe.yml").read_text())
+    names = [f"trainer : {task['name']}" for entry in probe for task in entry.get("block", [entry])]
+    everything, skipped = listed_tasks(), listed_tasks("--skip-tags", "network_probe")
+
+    def probe_tasks(lines):
+        return [line for line in lines if line.split("\t")[0] in names]
+    assert len(probe_tasks(everything)) == len(names), f"probe tasks that site.yml runs: {probe_tasks(everything)}"
+    assert probe_tasks(skipped) == [], "--skip-tags network_probe still runs them"
+    assert [line for line in everything if line not in probe_tasks(everything)] == skipped, "it skipped more"
