@@ -26,6 +26,12 @@ Columns:
   here added 50.2 MB, but a 12 MB download by a host from the Debian mirror added 12.1 MB too:
   the bridge also transmits what this machine routes to the hosts, i.e. every host's apt
   downloads (the Docker engine). It is printed and kept in --json (bridge_tx_*) for comparison.
+- floor: wall time of a playbook of FLOOR_TASKS tasks that each run one module on every host and
+  change nothing (`stat`), on the fresh lab before site.yml: what this machine charges per host
+  for Ansible's remote work alone. One `stat` costs a lab host about 0.15 s of CPU (measured:
+  ansible-core 2.19 sends its module_utils as 56 Python sources in a zip, without bytecode, and
+  the host compiles them at each run), so N simulated hosts on two cores queue for them. The
+  deployment is mostly such tasks: their 8/2 ratio is what its own ratios tend to here.
 - step time: median over the 10-step windows between the master's step log lines that start at
   step >= 20, of the window's time / 10, at world size N. Evaluations
   and checkpoints are moved to the last step (overrides), so that the windows hold only steps.
@@ -91,6 +97,12 @@ WARM_UP = """---
         path: "{{ trainer_image_archive }}"
         timeout: "{{ trainer_image_timeout_s }}"
 """
+
+
+FLOOR_TASKS = 20
+FLOOR = "---\n- name: One module run per task on every host, changing nothing\n  hosts: all\n  gather_facts: false\n" \
+    "  tasks:\n" + "".join(f"    - name: Stat a file ({number})\n      ansible.builtin.stat: {{path: /etc/hostname}}\n"
+                          for number in range(1, FLOOR_TASKS + 1))
 
 
 def docker(*args: str) -> str:
@@ -199,6 +211,13 @@ def measure(hosts: int, preset: str, max_steps: int, warm_up: bool) -> dict:
                 playbook.write(WARM_UP)
                 playbook.flush()
                 check(run_playbook(playbook.name, lab.inventory, log_name="bench-scale-warm-up"), "the warm-up")
+        with tempfile.NamedTemporaryFile("w", suffix=".yml", prefix="floor-") as playbook:
+            playbook.write(FLOOR)
+            playbook.flush()
+            floor_started = time.time()
+            floor = run_playbook(playbook.name, lab.inventory, log_name=f"bench-scale-{hosts}-floor")
+            floor_s = time.time() - floor_started
+        check(floor, "the floor playbook")
         counters = ByteCounters(lab_name)
         sent0, bridge0 = counters.read()
         started = time.time()
@@ -229,7 +248,7 @@ def measure(hosts: int, preset: str, max_steps: int, warm_up: bool) -> dict:
                 "status_s": status_s, "rerun_s": rerun_s, "rerun_changed": changed_total(rerun),
                 "sent_fresh_bytes": sent1 - sent0, "sent_rerun_bytes": sent2 - sent_before_rerun,
                 "bridge_tx_fresh_bytes": bridge1 - bridge0, "bridge_tx_rerun_bytes": bridge2 - bridge_before_rerun,
-                "step_s": step_s, "step_windows": windows}
+                "step_s": step_s, "step_windows": windows, "floor_s": floor_s}
     finally:
         if counters is not None:
             counters.remove()
@@ -242,12 +261,13 @@ def verdict(ratio: float, target: float) -> str:
 
 def report(results: list[dict]) -> None:
     print(f"\n{'hosts':>5} | {'fresh to 1st step s':>19} | {'site.yml s':>10} | {'status s':>8} | "
-          f"{'re-run s (changed)':>18} | {'sent fresh MB':>13} | {'sent re-run MB':>14} | {'step ms':>7}")
+          f"{'re-run s (changed)':>18} | {'sent fresh MB':>13} | {'sent re-run MB':>14} | {'step ms':>7} | "
+          f"{'floor s':>7}")
     for row in results:
         print(f"{row['hosts']:>5} | {row['fresh_to_first_step_s']:>19.1f} | {row['fresh_site_yml_s']:>10.1f} | "
               f"{row['status_s']:>8.1f} | {row['rerun_s']:>10.1f} ({row['rerun_changed']:>3}) | "
               f"{row['sent_fresh_bytes'] / 1e6:>13.1f} | "
-              f"{row['sent_rerun_bytes'] / 1e6:>14.2f} | {row['step_s'] * 1e3:>7.1f}")
+              f"{row['sent_rerun_bytes'] / 1e6:>14.2f} | {row['step_s'] * 1e3:>7.1f} | {row['floor_s']:>7.1f}")
     print("(bridge tx, for comparison: " + ", ".join(
         f"{row['hosts']} hosts {row['bridge_tx_fresh_bytes'] / 1e6:.1f} MB fresh, "
         f"{row['bridge_tx_rerun_bytes'] / 1e6:.2f} MB re-run" for row in results) + ")")
@@ -256,7 +276,8 @@ def report(results: list[dict]) -> None:
         print(f"{row['hosts']}/{base['hosts']} hosts: fresh deploy "
               f"{verdict(row['fresh_to_first_step_s'] / base['fresh_to_first_step_s'], 2.0)}, re-run "
               f"{verdict(row['rerun_s'] / base['rerun_s'], 1.5)}, bytes sent "
-              f"{verdict(row['sent_fresh_bytes'] / base['sent_fresh_bytes'], 1.2)}")
+              f"{verdict(row['sent_fresh_bytes'] / base['sent_fresh_bytes'], 1.2)}; this machine's floor "
+              f"({FLOOR_TASKS} tasks that change nothing) {row['floor_s'] / base['floor_s']:.2f}x")
 
 
 def main() -> None:

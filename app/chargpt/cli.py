@@ -49,21 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
     sample.add_argument("--seed", type=int, default=1337)
 
-    probe = commands.add_parser("probe", help="network checks between hosts (the deployment runs them); JSON out")
-    probes = probe.add_subparsers(dest="probe", required=True)
-    serve = probes.add_parser("serve", help="echo UDP datagrams back, forever")
-    serve.add_argument("--port", type=int, required=True)
-    peers = probes.add_parser("peers", help="round-trip time and full-MTU datagrams to each peer's echo server")
-    peers.add_argument("--port", type=int, required=True)
-    peers.add_argument("--count", type=int, default=20, help="round trips per peer")
-    peers.add_argument("peers", nargs="+", metavar="PEER")
-    interface = probes.add_parser("interface", help="the interface that reaches the master")
-    interface.add_argument("--target", required=True, help="the master's name or address")
-    interface.add_argument("--configured", default="auto", help="GLOO_SOCKET_IFNAME as deployed")
-    allreduce = probes.add_parser("allreduce", help="time a Gloo all-reduce over the group in the environment")
-    allreduce.add_argument("--bytes", type=int, required=True, help="size of the reduced tensor")
-    allreduce.add_argument("--iterations", type=int, default=10)
-    allreduce.add_argument("--timeout", type=float, default=120, help="seconds to wait for every host")
+    probe_parser = commands.add_parser(
+        "probe", help="network checks between hosts (the deployment runs them); JSON out")
+    probe.add_commands(probe_parser)
     return parser
 
 
@@ -95,21 +83,6 @@ def check_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def probe_command(args: argparse.Namespace) -> int:
-    if args.probe == "serve":
-        probe.serve(args.port)
-        return 0
-    if args.probe == "peers":
-        result = probe.probe_peers(args.peers, args.port, args.count)
-    elif args.probe == "interface":
-        result = probe.probe_interface(args.target, args.configured)
-    else:
-        result = probe.allreduce(args.bytes, args.iterations, args.timeout)
-    if result is not None:
-        print(json.dumps(result))
-    return 0
-
-
 def sample_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.chars < 1:
         parser.error(f"--chars {args.chars} must be at least 1")
@@ -134,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check_command(args)
         if args.command == "probe":
-            return probe_command(args)
+            return probe.run(args)
         return sample_command(args, parser)
     except (PeerFailure, PeerStopped) as error:
         # Every rank that sees it says so: the line names the rank.

@@ -89,6 +89,15 @@ def check_docker_sdk(cluster: Cluster) -> None:
     each_host(cluster, check)
 
 
+def check_engine_runtime_packages(cluster: Cluster) -> None:
+    """What the engine uses besides its own packages (docker_packages_runtime: AppArmor's tools,
+    pigz for unpacking pulled layers) is installed."""
+    def check(name):
+        for package in cluster.setting(name, "docker", "docker_packages_runtime"):
+            assert cluster.host(name).package(package).is_installed, f"{package} is not installed"
+    each_host(cluster, check)
+
+
 # --- Swarm and overlay -----------------------------------------------------------------------
 
 def check_swarm(cluster: Cluster) -> None:
@@ -323,7 +332,8 @@ def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
     assert val[-1] < val[0], f"validation loss did not fall: {val}"
 
 
-CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_swarm, check_overlay_network,
+CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_engine_runtime_packages, check_swarm,
+          check_overlay_network,
           check_overlay_reaches_across_hosts, check_image_registry, check_trainers_share_one_image,
           check_trainers_run_as_non_root, check_trainers_publish_no_ports, check_trainers_are_confined,
           check_trainers_have_their_limits,

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from chargpt.distributed import DistributedError, local_ipv4_addresses, pick_interface, read_env
+from chargpt.distributed import DistributedError, read_env
+from chargpt.network import local_ipv4_addresses, pick_interface
 
 
 def test_single_process_without_torchrun_variables():
