@@ -14,7 +14,8 @@ Columns:
   it. Both are printed; the image is built beforehand (below), so no host count pays for a build.
 - status: wall time of playbooks/status.yml on the finished run (read-only; it must say finished).
 - re-run: wall time of site.yml with the same variables on the finished run, whose artifacts an
-  earlier run fetched, and the sum of changed= over the PLAY RECAP (0 when idempotent; the changed tasks are printed otherwise).
+  earlier run fetched, and the sum of changed= over the PLAY RECAP (0 when idempotent; the changed
+  tasks are printed otherwise).
   It runs after the run, not during it: N simulated trainers on the machine's two cores would
   measure the training's load, not the deployment's per-host work.
 - bytes sent: bytes of the IP packets this machine (the control node) originates towards the
@@ -178,11 +179,10 @@ def wait_until_finished(lab: str, hosts: int, timeout: float) -> None:
     """Until every host's trainer container exited 0 (the run completed)."""
     deadline = time.monotonic() + timeout
     for number in range(1, hosts + 1):
-        while (state := docker("exec", f"{lab}-host-{number}", "docker", "ps", "-a", "--filter",
-                               "label=org.chargpt.node-rank", "--format", "{{.Status}}")) \
-                and not state.startswith("Exited (0)"):
-            if state.startswith("Exited") or time.monotonic() > deadline:
-                sys.exit(f"{lab}-host-{number}: the trainer did not complete ({state})")
+        while not (state := docker("exec", f"{lab}-host-{number}", "docker", "ps", "-a", "--filter",
+                                   "label=org.chargpt.node-rank", "--format", "{{.Status}}")).startswith("Exited (0)"):
+            if not state or state.startswith("Exited") or time.monotonic() > deadline:
+                sys.exit(f"{lab}-host-{number}: the trainer did not complete ({state or 'no trainer container'})")
             time.sleep(2)
 
 
@@ -295,7 +295,8 @@ def main() -> None:
         results.append(measure(hosts, args.preset, args.max_steps, warm_up=number == 0))
         row = results[-1]
         print(f"{hosts} hosts: first step {row['fresh_to_first_step_s']:.1f} s after site.yml's start "
-              f"(site.yml {row['fresh_site_yml_s']:.1f} s), status {row['status_s']:.1f} s, re-run {row['rerun_s']:.1f} s "
+              f"(site.yml {row['fresh_site_yml_s']:.1f} s), status {row['status_s']:.1f} s, "
+              f"re-run {row['rerun_s']:.1f} s "
               f"changed={row['rerun_changed']}, step {row['step_s'] * 1e3:.1f} ms", flush=True)
     report(results)
     if args.json:
