@@ -1,5 +1,5 @@
 """Scenarios that change the lab, in order: a second run changes nothing, a check run reports
-nothing, a third host joins and the run resumes at world size 3, that host leaves the inventory
+nothing (also with the run's artifacts not fetched yet), a third host joins and the run resumes at world size 3, that host leaves the inventory
 and the run resumes at world size 2 (its swarm node removed, the join tokens rotated), teardown
 leaves nothing behind.
 They run after test_cluster.py (same session lab) and only against the lab, never --inventory."""
@@ -7,6 +7,7 @@ They run after test_cluster.py (same session lab) and only against the lab, neve
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 from harness.inventory import Inventory
@@ -31,6 +32,23 @@ def test_second_run_changes_nothing(lab):
 
 def test_check_mode_reports_no_change(lab):
     assert_nothing_changed(lab.playbook("site.yml", "--check", "--diff", log_name="site-check-diff"))
+
+
+def test_check_mode_on_a_finished_run_not_fetched_yet(lab, artifacts_dir):
+    """--check fetches nothing: with the run's artifacts not on the control node, it says so and
+    changes nothing instead of failing on the missing summary."""
+    fetched = artifacts_dir / RUN_ID
+    aside = fetched.with_name(f".{RUN_ID}-aside")
+    fetched.rename(aside)
+    try:
+        run = lab.playbook("site.yml", "--check", log_name="site-check-unfetched")
+        assert_nothing_changed(run)
+        assert "--check fetches nothing" in run.text, f"no word on the missing artifacts (log {run.log})"
+        assert not fetched.exists(), "--check put artifacts on the control node"
+    finally:
+        if fetched.exists():
+            shutil.rmtree(fetched)
+        aside.rename(fetched)
 
 
 def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
