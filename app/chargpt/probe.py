@@ -10,6 +10,8 @@ containers of the trainer image on the overlay (roles/trainer/tasks/probe.yml).
 - `allreduce`: a Gloo all-reduce of a gradient-sized float32 tensor across every host
   (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the environment), timed; rank 0 prints the
   bus bandwidth, the figure NCCL's tests print (2(n-1)/n of the bytes per second).
+`peers` and `interface` first give each peer up to --settle seconds to resolve and answer: the
+swarm's gossip tells the other hosts about a container started a moment ago within seconds.
 Each prints one JSON object. `python -m chargpt.probe` runs the same commands as `chargpt probe`
 without loading torch (only the all-reduce needs it): it starts in a few hundredths of a second
 where `chargpt` takes about 1.5 s of CPU, which every host pays at once in the deployment.
@@ -26,7 +28,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from .network import pick_interface, resolve_ipv4
+from .network import DistributedError, pick_interface, resolve_ipv4
 
 IP_HEADERS = 28  # IPv4 (20) and UDP (8) headers: a datagram's payload is the MTU less these
 MAX_UDP_PAYLOAD = 65507
@@ -35,6 +37,9 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)  # never fragment, not even along the path
 ECHO_TIMEOUT_S = 1.0
 MTU_TRIES = 3
+# A probe container started on another host a moment ago reaches this host's overlay by the swarm's
+# gossip: its name, then its path, within seconds. Wait up to this long for both before measuring.
+SETTLE_S = 20.0
 
 
 def _dont_fragment(sock: socket.socket) -> None:
@@ -83,12 +88,33 @@ def _echo(sock: socket.socket, address: tuple[str, int], payload: bytes) -> floa
     return None
 
 
-def probe_peer(peer: str, port: int, count: int) -> dict:
-    """Round trips to one peer's echo server, and one datagram of the full MTU with DF set."""
+def resolve_when_known(host: str, deadline: float) -> str:
+    """host's IPv4 address once the resolver knows it, trying until deadline (time.monotonic())."""
+    while True:
+        try:
+            return resolve_ipv4(host)
+        except DistributedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+
+
+def answers(sock: socket.socket, address: tuple[str, int], deadline: float) -> bool:
+    """Whether the echo server at address answers one datagram before deadline (time.monotonic())."""
+    while time.monotonic() < deadline:
+        if _echo(sock, address, b"chargpt-probe-hello") is not None:
+            return True
+    return False
+
+
+def probe_peer(peer: str, port: int, count: int, deadline: float | None = None) -> dict:
+    """Round trips to one peer's echo server, and one datagram of the full MTU with DF set. The peer
+    has until deadline (time.monotonic(); default SETTLE_S from now) to resolve and first answer."""
+    deadline = time.monotonic() + SETTLE_S if deadline is None else deadline
     result = {"peer": peer, "address": None, "rtt_ms": None, "rtt_max_ms": None, "lost": count, "mtu": None,
               "mtu_ok": False, "error": None}
     try:
-        address = resolve_ipv4(peer)
+        address = resolve_when_known(peer, deadline)
         interface, _ = pick_interface(peer)
     except Exception as error:  # noqa: BLE001 - the message is the result
         result["error"] = str(error)
@@ -96,6 +122,9 @@ def probe_peer(peer: str, port: int, count: int) -> dict:
     result.update(address=address, mtu=interface_mtu(interface))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         _dont_fragment(sock)
+        if not answers(sock, (address, port), deadline):
+            result["error"] = f"no echo from {peer} ({address}) port {port}/udp"
+            return result
         times = [rtt for index in range(count)
                  if (rtt := _echo(sock, (address, port), b"chargpt-probe-%06d" % index)) is not None]
         full = b"M" * min(result["mtu"] - IP_HEADERS, MAX_UDP_PAYLOAD)
@@ -109,13 +138,15 @@ def probe_peer(peer: str, port: int, count: int) -> dict:
     return result
 
 
-def probe_peers(peers: list[str], port: int, count: int) -> dict:
-    return {"host": socket.gethostname(), "peers": [probe_peer(peer, port, count) for peer in peers]}
+def probe_peers(peers: list[str], port: int, count: int, settle_s: float = SETTLE_S) -> dict:
+    deadline = time.monotonic() + settle_s
+    return {"host": socket.gethostname(), "peers": [probe_peer(peer, port, count, deadline) for peer in peers]}
 
 
-def probe_interface(master: str, configured: str) -> dict:
+def probe_interface(master: str, configured: str, settle_s: float = SETTLE_S) -> dict:
     """The interface auto picks for the master, the one configured (unless auto), and whether the
-    configured one is the one that reaches it."""
+    configured one is the one that reaches it. The master has settle_s to resolve."""
+    resolve_when_known(master, time.monotonic() + settle_s)
     routed, reason = pick_interface(master)
     used = routed if configured in ("", "auto") else configured
     return {"master": master, "routed": routed, "reason": reason, "configured": configured or "auto",
@@ -172,6 +203,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     interface = probes.add_parser("interface", help="the interface that reaches the master")
     interface.add_argument("--target", required=True, help="the master's name or address")
     interface.add_argument("--configured", default="auto", help="GLOO_SOCKET_IFNAME as deployed")
+    for command in (peers, interface):
+        command.add_argument("--settle", type=float, default=SETTLE_S,
+                             help=f"seconds a peer has to resolve and first answer (default: {SETTLE_S:g})")
     reduce = probes.add_parser("allreduce", help="time a Gloo all-reduce over the group in the environment")
     reduce.add_argument("--bytes", type=int, required=True, help="size of the reduced tensor")
     reduce.add_argument("--iterations", type=int, default=10)
@@ -183,9 +217,9 @@ def run(args: argparse.Namespace) -> int:
         serve(args.port)
         return 0
     if args.probe == "peers":
-        result = probe_peers(args.peers, args.port, args.count)
+        result = probe_peers(args.peers, args.port, args.count, args.settle)
     elif args.probe == "interface":
-        result = probe_interface(args.target, args.configured)
+        result = probe_interface(args.target, args.configured, args.settle)
     else:
         result = allreduce(args.bytes, args.iterations, args.timeout)
     if result is not None:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -38,14 +39,34 @@ def test_a_peer_with_an_echo_server_answers_at_full_mtu(echo_port):
 
 def test_a_peer_without_an_echo_server_is_reported_lost():
     port = free_port()
-    result = probe.probe_peers(["127.0.0.1"], port, count=2)["peers"][0]
+    result = probe.probe_peers(["127.0.0.1"], port, count=2, settle_s=2)["peers"][0]
     assert result["lost"] == 2 and result["rtt_ms"] is None and result["mtu_ok"] is False
     assert f"no echo from 127.0.0.1 (127.0.0.1) port {port}/udp" == result["error"]
 
 
 def test_a_peer_that_does_not_resolve_is_an_error_not_a_crash():
-    result = probe.probe_peer("chargpt-no-such-host.invalid", 9, count=1)
+    started = time.monotonic()
+    result = probe.probe_peer("chargpt-no-such-host.invalid", 9, count=1, deadline=started + 1)
     assert "does not resolve" in result["error"] and result["mtu_ok"] is False
+    assert time.monotonic() - started >= 1, "it gave up before the peer's time to resolve was over"
+
+
+def test_a_peer_that_answers_late_is_measured():
+    """As a probe container that another host started a moment ago: its echo server comes up
+    after the probe began, within the settle time."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ready, stop = threading.Event(), threading.Event()
+    late = threading.Timer(2.0, probe.serve, args=(port, ready, stop))
+    late.start()
+    try:
+        result = probe.probe_peers(["127.0.0.1"], port, count=5, settle_s=10)["peers"][0]
+    finally:
+        late.cancel()
+        stop.set()
+    assert ready.is_set(), "the echo server never started"
+    assert (result["error"], result["lost"], result["mtu_ok"]) == (None, 0, True), result
 
 
 def test_interface_check_compares_the_configured_interface_with_the_route():
