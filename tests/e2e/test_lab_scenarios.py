@@ -1,5 +1,6 @@
 """Scenarios that change the lab, in order: a second run changes nothing, a check run reports
-nothing (also with the run's artifacts not fetched yet), a third host joins and the run resumes at world size 3, that host leaves the inventory
+nothing (also with the run's artifacts not fetched yet), a run from an external registry trains,
+a third host joins and the run resumes at world size 3, that host leaves the inventory
 and the run resumes at world size 2 (its swarm node removed, the join tokens rotated), teardown
 leaves nothing behind.
 They run after test_cluster.py (same session lab) and only against the lab, never --inventory."""
@@ -49,6 +50,31 @@ def test_check_mode_on_a_finished_run_not_fetched_yet(lab, artifacts_dir):
         if fetched.exists():
             shutil.rmtree(fetched)
         aside.rename(fetched)
+
+
+def test_an_external_registry_serves_the_image(lab):
+    """trainer_image_distribution external (trainer_image_registry and trainer_image_tag set): every
+    host pulls <registry>/<trainer_image_name>:<tag> and trains with it, and nothing is pushed. The
+    cluster's registry on the first manager stands in for an external one (every host trusts it
+    already); the second host has lost its tags first, so it really pulls."""
+    cluster = Cluster(lab.inventory)
+    first, second = cluster.names[:2]
+    name, tag = cluster.rank0_container().raw["Config"]["Image"].rsplit(":", 1)
+    port = cluster.setting(first, "trainer", "trainer_registry_port")
+    registry = f"{cluster.sh(first, 'docker info --format %s', '{{.Swarm.NodeAddr}}').strip()}:{port}"
+    external = f"{registry}/{name}:{tag}"
+    cluster.sh(second, "docker rmi -f %s %s", f"{name}:{tag}", external)
+    run_id = f"{RUN_ID}-external"
+    run = lab.playbook("site.yml", "-e", json.dumps({"trainer_image_registry": registry, "trainer_image_tag": tag,
+                                                     "trainer_run_id": run_id}), log_name="site-external-registry")
+    assert_succeeded(run)
+    assert not [task for task in run.changed_tasks() if "Push the image" in task], "it pushed to the cluster's registry"
+    for host in cluster.names:
+        trainer = cluster.trainer_container(host)
+        assert trainer.labels[RUN_ID_LABEL] == run_id, f"{host}: {trainer.labels}"
+        assert trainer.raw["Config"]["Image"] == external, f"{host} ran {trainer.raw['Config']['Image']}"
+        assert trainer.raw["State"]["ExitCode"] == 0, f"{host}: the trainer exited {trainer.raw['State']['ExitCode']}"
+    assert cluster.sh(second, "docker images -q %s", external).strip(), f"{second} did not pull {external}"
 
 
 def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
