@@ -14,7 +14,8 @@ containers of the trainer image on the overlay (roles/trainer/tasks/probe.yml).
 swarm's gossip tells the other hosts about a container started a moment ago within seconds.
 Each prints one JSON object. `python -m chargpt.probe` runs the same commands as `chargpt probe`
 without loading torch (only the all-reduce needs it): it starts in a few hundredths of a second
-where `chargpt` takes about 1.5 s of CPU, which every host pays at once in the deployment.
+where `chargpt` takes about 1.5 s of CPU. The deployment does not use it yet: measuring that soon
+after the probe containers start found pairs the overlay did not know yet (docs/SCALE.md).
 """
 
 from __future__ import annotations
