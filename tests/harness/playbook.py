@@ -19,7 +19,7 @@ from pathlib import Path
 from . import REPO
 
 LOG_DIR = REPO / "artifacts" / "e2e-logs"
-RECAP_LINE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+RECAP_LINE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\b")
 FAILED_TASK = "[ERROR]: Task failed: "
 
 
@@ -62,9 +62,8 @@ class PlaybookRun:
 
     @cached_property
     def recap(self) -> dict[str, dict[str, int]]:
-        """PLAY RECAP: {host: {ok, changed, unreachable, failed}}."""
-        return {m[1]: {"ok": int(m[2]), "changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])}
-                for m in RECAP_LINE.finditer(self.output)}
+        """PLAY RECAP: {host: {ok, changed, unreachable, failed}} (see parse_recap)."""
+        return parse_recap(self.output)
 
     def changed_hosts(self) -> dict[str, int]:
         """{host: changed} for the hosts of the recap that reported a change."""
@@ -97,6 +96,26 @@ class PlaybookRun:
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    """The last PLAY RECAP of an ansible-playbook output: {host: {ok, changed, unreachable, failed}},
+    each count read as a whole number. {} when the output has no recap; a recap line that does not
+    parse raises, so that a change of Ansible's format cannot pass for "nothing changed"."""
+    lines = output.splitlines()
+    starts = [number for number, line in enumerate(lines) if line.startswith("PLAY RECAP")]
+    if not starts:
+        return {}
+    counts = {}
+    for line in lines[starts[-1] + 1:]:
+        if not line.strip():
+            break
+        match = RECAP_LINE.match(line)
+        if match is None:
+            raise ValueError(f"a PLAY RECAP line that does not parse: {line!r}")
+        counts[match[1]] = {"ok": int(match[2]), "changed": int(match[3]), "unreachable": int(match[4]),
+                            "failed": int(match[5])}
+    return counts
 
 
 def run_playbook(playbook: str | Path, inventory: str | Path, *args: str, log_name: str | None = None,
