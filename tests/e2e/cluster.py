@@ -1,6 +1,6 @@
-"""A deployed cluster as the checks see it: its layout as the roles derive it from the Ansible
-inventory (playbooks/layout.yml), a testinfra host per inventory host, and the Docker objects the
-roles create on them (read-only helpers)."""
+"""A deployed cluster as the checks see it: the layout its inventory describes (read here from the
+inventory itself, not from the cluster role whose result the checks judge), a testinfra host per
+inventory host, and the Docker objects the roles create on them (read-only helpers)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-from harness.roles import layout, role_default
+from harness.inventory import Layout
+from harness.roles import role_default
 
 # What the roles put on the Docker objects they create (templates/compose.yml.j2, roles/swarm).
 RUN_ID_LABEL = "org.chargpt.run-id"
@@ -49,24 +50,21 @@ class Container:
 
 
 class Cluster:
-    """The hosts of an inventory's cluster, in node-rank order, with the layout the roles derive
-    for them (harness.roles.layout: node ranks, world size, container names, overlay, managers)."""
+    """The hosts of an inventory's cluster, in node-rank order, with the layout the inventory
+    describes (node ranks, world size, container names, overlay, managers)."""
 
     def __init__(self, inventory: str | Path):
         self.inventory = Path(inventory).resolve()
         self.runner = AnsibleRunner(str(self.inventory))
-        self.layout = layout(self.inventory)
-        assert self.layout, f"{self.inventory}: no host in the cluster"
-        self.names = sorted(self.layout, key=self.rank)
-        shared = self.layout[self.names[0]]
-        self.master = shared["master"]
-        assert self.master == self.names[0], (
-            f"{self.inventory}: the master {self.master!r} is not the host of node rank 0 ({self.names[0]})")
-        self.managers: list[str] = shared["managers"]
-        self.first_manager: str = shared["first_manager"]
-        self.world_size: int = shared["world_size"]
-        self.nproc_per_node: int = shared["nproc_per_node"]
-        self.overlay_network: str = shared["overlay_network"]
+        self.layout = Layout.read(self.inventory)
+        self.names = sorted(self.layout.ranks, key=self.rank)
+        self.master = self.names[0]
+        self.managers: list[str] = self.layout.managers
+        assert self.managers, f"{self.inventory}: no host under the group managers"
+        self.first_manager: str = self.managers[0]
+        self.world_size: int = self.layout.world_size
+        self.nproc_per_node: int = self.layout.nproc_per_node
+        self.overlay_network: str = self.layout.overlay_network
 
     def __len__(self) -> int:
         return len(self.names)
@@ -84,11 +82,11 @@ class Cluster:
         return value
 
     def rank(self, name: str) -> int:
-        return self.layout[name]["node_rank"]
+        return self.layout.ranks[name]
 
     def trainer_container_name(self, name: str) -> str:
         """The name of host name's trainer container."""
-        return self.layout[name]["trainer_container"]
+        return self.layout.trainer_container(name)
 
     @functools.cache
     def host(self, name: str):

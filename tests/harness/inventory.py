@@ -9,16 +9,21 @@
         managers: {hosts}
 
 write_inventory() writes one; Inventory reads one (a file, or a folder with hosts.yml, with its
-group_vars/all inlined), changes it and writes it elsewhere through write_inventory()."""
+group_vars/all inlined), changes it and writes it elsewhere through write_inventory(). Layout reads
+any inventory (through ansible-inventory) for the cluster's layout as the README describes it."""
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
+
+from .playbook import ansible_env, tool
 
 
 def write_inventory(path: str | Path, *, master: list[str], workers: list[str], managers: list[str] | None = None,
@@ -137,3 +142,49 @@ class Inventory:
     def write(self, path: str | Path) -> Path:
         return write_inventory(path, master=self.master, workers=self.workers, managers=self.managers,
                                all_vars=self.all_vars, host_vars=self.host_vars, cluster_only=self.cluster_only)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What an inventory says about the cluster, as its README describes it: the master is node rank
+    0 and the workers follow in inventory order unless a host sets cluster_node_rank; every host runs
+    cluster_nproc_per_node processes; trainer containers are named <cluster_name>-trainer-rank<N>.
+    The checks compare what the roles deployed with this."""
+
+    ranks: dict[str, int]
+    nproc_per_node: int
+    managers: list[str]
+    overlay_network: str
+    cluster_name: str
+
+    @classmethod
+    def read(cls, inventory: Path) -> Layout:
+        from .roles import role_default  # roles reads inventories through this module
+
+        listed = json.loads(subprocess.run([tool("ansible-inventory"), "-i", str(inventory), "--list"],
+                                           env=ansible_env(), capture_output=True, text=True, check=True).stdout)
+        hostvars = listed.get("_meta", {}).get("hostvars", {})
+
+        def group(name: str) -> list[str]:
+            return listed.get(name, {}).get("hosts", [])
+
+        def setting(host: str, name: str):
+            value = hostvars.get(host, {}).get(name, role_default("cluster", name))
+            assert "{{" not in str(value), f"{inventory}: {host} sets {name} to a template, {value!r}"
+            return value
+
+        order = group("master") + group("workers")
+        assert order, f"{inventory}: no host under the groups master and workers"
+        ranks = {host: int(hostvars.get(host, {}).get("cluster_node_rank", index)) for index, host in enumerate(order)}
+        nproc = {int(setting(host, "cluster_nproc_per_node")) for host in order}
+        assert len(nproc) == 1, f"{inventory}: the hosts run different numbers of processes: {nproc}"
+        return cls(ranks=ranks, nproc_per_node=nproc.pop(), managers=group("managers"),
+                   overlay_network=setting(order[0], "cluster_overlay_network"),
+                   cluster_name=setting(order[0], "cluster_name"))
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks) * self.nproc_per_node
+
+    def trainer_container(self, host: str) -> str:
+        return f"{self.cluster_name}-trainer-rank{self.ranks[host]}"
