@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
-
 from .config import TrainConfig, build_config, parse_assignments
 from .data import Corpus, load_corpus
-from .model import GPT, model_args
+from .model import model_args
 from .resume import Resume, experiment_id, find_resume_state
 
 
@@ -35,9 +33,7 @@ class CheckedInputs:
 
     def gradient_bytes(self) -> int:
         """What DDP all-reduces every step: a float32 gradient per parameter."""
-        with torch.device("meta"):
-            model = GPT(model_args(self.config, self.corpus.tokenizer.vocab_size))
-        return 4 * model.num_parameters()
+        return 4 * model_args(self.config, self.corpus.tokenizer.vocab_size).parameter_count()
 
     def summary_line(self, preset: str) -> str:
         start = "starts at step 0" if self.resume.step is None else f"resumes from step {self.resume.step}"

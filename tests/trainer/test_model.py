@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chargpt.config import build_config
+from chargpt.config import PRESETS, build_config
 from chargpt.model import GPT, GPTConfig, model_args
 
 
@@ -136,3 +136,12 @@ def test_bfloat16_autocast_on_cpu_keeps_attention_in_float32(monkeypatch):
     assert loss.item() == pytest.approx(reference.item(), rel=0.02)
     for param, expected in zip(model.parameters(), reference_grads):
         assert torch.allclose(param.grad, expected, rtol=0.1, atol=2e-3)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("variant", [{}, {"bias": False}, {"tie_embeddings": False}])
+def test_the_parameter_count_from_the_shape_is_the_models(preset, variant):
+    args = dataclasses.replace(model_args(build_config(preset), vocab_size=65), **variant)
+    with torch.device("meta"):
+        model = GPT(args)
+    assert args.parameter_count() == model.num_parameters()
