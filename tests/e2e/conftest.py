@@ -4,6 +4,7 @@ fault-injection tests' lab of their own."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -36,21 +37,60 @@ def artifacts_dir(pytestconfig) -> Path:
     return Path(pytestconfig.getoption("artifacts_dir", default="artifacts")).resolve()
 
 
+# The order the e2e modules run in, by the labs they use: the tests without a lab, then the two-host
+# lab's modules one after the other, the eight-host lab, the fault lab. Each lab goes down as soon
+# as the last test that uses it has run (see pytest_runtest_teardown), so that no idle lab shares
+# the machine's two cores with the next one.
+MODULE_ORDER = ["test_checks", "test_fault_records", "test_lab_command", "test_cluster", "test_lab_scenarios",
+                "test_eight_hosts", "test_faults_"]
+# Session-wide lab fixtures, and how each is taken down early: {fixture name: ExitStack}.
+_LAB_STACKS: dict[str, contextlib.ExitStack] = {}
+
+
+def pytest_collection_modifyitems(items):
+    def place(item) -> int:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        matches = [index for index, prefix in enumerate(MODULE_ORDER) if module.startswith(prefix)]
+        return matches[0] if matches else len(MODULE_ORDER)
+    e2e = [index for index, item in enumerate(items) if item.nodeid.startswith("tests/e2e/")]
+    ordered = sorted((items[index] for index in e2e), key=place)  # stable: file order within a place
+    for index, item in zip(e2e, ordered):
+        items[index] = item
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Take a lab down after the last test that uses it (it would otherwise stay up to the session's end)."""
+    for name, stack in list(_LAB_STACKS.items()):
+        if name in item.fixturenames and (nextitem is None or name not in nextitem.fixturenames):
+            stack.close()
+            del _LAB_STACKS[name]
+
+
+@contextlib.contextmanager
+def lab_lifetime(name: str):
+    """An ExitStack for a session-wide lab fixture that pytest_runtest_teardown may close early."""
+    with contextlib.ExitStack() as stack:
+        _LAB_STACKS[name] = stack
+        try:
+            yield stack
+        finally:
+            _LAB_STACKS.pop(name, None)
+
+
 @pytest.fixture(scope="session")
 def lab(pytestconfig, artifacts_dir):
     """A lab of two hosts on which site.yml ran once and trained (the first run's result in lab.first_run)."""
     if pytestconfig.getoption("inventory", default=None):
         pytest.skip("--inventory names a cluster of your own: the lab-driving scenarios do not run against it")
-    lab = Lab(LAB_NAME)
-    try:
+    with lab_lifetime("lab") as lifetime:
+        lab = Lab(LAB_NAME)
+        if not KEEP_LAB:
+            lifetime.callback(timed, "lab down", lab.command, "down")
         timed("lab up (2 hosts)", lab.command, "up", "--hosts", "2")
         shutil.rmtree(artifacts_dir / RUN_ID, ignore_errors=True)
-        lab.first_run = lab.playbook(log_name="site-first-run")
+        lab.first_run = lab.playbook(log_name="site-first-run", network_probe=True)
         assert_succeeded(lab.first_run)
         yield lab
-    finally:
-        if not KEEP_LAB:
-            timed("lab down", lab.command, "down")
 
 
 @pytest.fixture(scope="session")
@@ -69,11 +109,11 @@ def cluster(inventory_path) -> Cluster:
 @pytest.fixture(scope="session")
 def fault_lab(pytestconfig):
     """The fault lab of tests/e2e/test_faults_*.py (see fault_lab.py), up from the first fault case
-    to the end of the session."""
+    to the last."""
     if pytestconfig.getoption("inventory", default=None):
         pytest.skip("--inventory names a cluster of your own: the fault-injection tests need a lab")
-    with fault_lab_session() as fault_lab:
-        yield fault_lab
+    with lab_lifetime("fault_lab") as lifetime:
+        yield lifetime.enter_context(fault_lab_session())
 
 
 def pytest_terminal_summary(terminalreporter):

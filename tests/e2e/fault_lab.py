@@ -12,17 +12,20 @@ adds a third host, last."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import REPO
+from harness import CORPUS, REPO
 from harness.inventory import Inventory
-from harness.playbook import assert_succeeded
+from harness.playbook import PlaybookRun, assert_succeeded
 from harness.roles import role_default
 
 from .cluster import RUN_ID_LABEL, Cluster
@@ -49,15 +52,20 @@ DIST_TIMEOUT_S = 20
 # How much later than dist_timeout_s after the pause rank 0 may report the timeout.
 TIMEOUT_MARGIN_S = 15
 CHECKPOINT_PAUSE_S = 45
+# Every case the fault tests record (tests/e2e/test_checks.py checks this list against the
+# CaseResult(...) of the test files): docs/RELIABILITY.md is rendered only when all of them ran.
 EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "7",
-                  "8a", "8b", "8c", "8d", "10a", "10b", "10c", "10d"]
+                  "8a", "8b", "8c", "8d", "8e", "10a", "10b", "10c", "10d"]
 # The role defaults that decide how a run recovers, recorded with the results.
 RECOVERY_DEFAULTS = ["trainer_torchrun_max_restarts", "trainer_supervisor_restart_sec"]
 
 
-def run_vars(run_id: str, overrides: dict, wait: bool = False, environment: dict | None = None) -> dict:
-    """Extra vars of a run; environment is added to the lab inventory's trainer_environment."""
-    run = {"trainer_preset": PRESET, "trainer_run_id": run_id, "trainer_wait": wait, "trainer_overrides": overrides}
+def run_vars(run_id: str, overrides: dict, wait: bool = False, environment: dict | None = None,
+             settings: dict | None = None) -> dict:
+    """Extra vars of a run; environment is added to the lab inventory's trainer_environment,
+    settings (other role variables) are passed as they are."""
+    run = {"trainer_preset": PRESET, "trainer_run_id": run_id, "trainer_wait": wait, "trainer_overrides": overrides,
+           **(settings or {})}
     if environment:
         run["trainer_environment"] = {**Inventory.read(REPO / "inventory" / LAB_NAME).all_vars.get(
             "trainer_environment", {}), **environment}
@@ -93,12 +101,12 @@ class FaultLab:
         return Cluster(self.lab.inventory)
 
     def start(self, name: str, overrides: dict, environment: dict | None = None,
-              inventory: Path | None = None) -> FaultRun:
+              inventory: Path | None = None, settings: dict | None = None) -> FaultRun:
         """Start a fresh run (on the lab's inventory, or another one of its hosts): its id carries the
         session's tag, so that a kept lab never holds it finished."""
         run_id = f"{name}-{self.session_tag}"
-        start_run(self.lab, run_vars(run_id, overrides, environment=environment), log_name=f"faults-start-{name}",
-                  inventory=inventory)
+        start_run(self.lab, run_vars(run_id, overrides, environment=environment, settings=settings),
+                  log_name=f"faults-start-{name}", inventory=inventory)
         run = FaultRun(self.lab, Cluster(inventory) if inventory else self.cluster(), run_id, overrides["max_steps"])
         container = run.container(run.master)
         running = on_host(run.master, "docker", "inspect", "--format",
@@ -167,3 +175,41 @@ def assert_completed(run: FaultRun, summary: dict, world_size: int = 2) -> None:
     assert summary["final_step"] == run.max_steps, f"{run.run_id}: final_step {summary['final_step']}, " \
                                                    f"expected {run.max_steps}"
     assert summary["world_size"] == world_size, f"{run.run_id}: summary {summary}"
+
+
+# --- Deployments that must be refused (cases 8a-8e) ------------------------------------------------
+
+# The corpus the fault lab's runs train on (the trainer role's default trainer_corpus_path).
+DEPLOYED_CORPUS = REPO / "data" / "input.txt"
+
+
+def deploy(fault_lab: FaultLab, vars_: dict, log_name: str, inventory: Path | None = None) -> tuple[PlaybookRun, float]:
+    """site.yml's trainer stage with these variables: the run and how long it took."""
+    started = time.monotonic()
+    run = fault_lab.lab.playbook("site.yml", "--tags", "trainer", "-e", json.dumps(vars_), log_name=log_name,
+                                 inventory=inventory)
+    return run, round(time.monotonic() - started, 1)
+
+
+def stop_trainers(fault_lab: FaultLab, inventory: Path | None = None) -> None:
+    """Stop what a refused deployment left (a worker waits in the rendezvous for its master)."""
+    run = fault_lab.lab.playbook("playbooks/teardown.yml", "--tags", "trainer", log_name="faults-identity-cleanup",
+                                 inventory=inventory)
+    assert run.returncode == 0, f"teardown --tags trainer exited {run.returncode} (log {run.log})"
+
+
+def changed_corpus(folder: Path) -> str:
+    """The corpus without its last 10,000 characters: the same vocabulary, another sha256."""
+    path = folder / "shorter.txt"
+    path.write_bytes(CORPUS.read_bytes()[:-10_000])
+    return str(path)
+
+
+def assert_refused_another_corpus(playbook: PlaybookRun, run_id: str, changed: str) -> None:
+    """The trainer's own refusal reached site.yml's output: the run's directory and both digests,
+    as the trainer abbreviates them (the corpus the run was trained on, the one deployed now)."""
+    trained, offered = (hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] for path in (DEPLOYED_CORPUS, changed))
+    refusal = re.search(rf"run directory \S*/{re.escape(run_id)} was trained on another corpus "
+                        rf"\(sha256 {trained}, this one is {offered}\)", playbook.text)
+    assert refusal, (f"site.yml's output lacks the trainer's refusal of {run_id} naming sha256 {trained} and {offered} "
+                     f"(log {playbook.log}):\n{playbook.tail(30)}")

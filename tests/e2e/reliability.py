@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,9 +39,9 @@ def render_text(data: dict) -> str:
         "     (tests/run.sh tests/e2e/test_faults_*.py). -->",
         "",
         f"Measured by the fault-injection tests (`tests/e2e/test_faults_*.py`) in a lab of "
-        f"{session['lab']['hosts']} simulated hosts (`{session['lab']['name']}`), run started "
-        f"{session['started']}, finished {session.get('finished', '-')}, on commit {session.get('commit', '-')}: "
-        f"{passed} of {len(cases)} cases passed.",
+        f"{session['lab']['hosts']} simulated hosts (`{session['lab']['name']}`), on commit "
+        f"{session.get('commit', '-')}: {passed} of {len(cases)} cases passed. The fault tests ran from "
+        f"{session['started']} to {session.get('finished', '-')}{duration(session)}, their lab's bring-up included.",
         "",
         f"Machine: {machine['os']}, kernel {machine['kernel']}, {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_gib']} GiB, Docker engine {machine['docker_engine']}, Python {machine['python']}.",
@@ -55,9 +56,12 @@ def render_text(data: dict) -> str:
             pause=settings["checkpoint_pause_s"], restarts=settings["trainer_torchrun_max_restarts"],
             restart_sec=settings["trainer_supervisor_restart_sec"]),
         "",
-        "*Progress lost*: the last step rank 0 logged before the restart minus the step the run resumed from "
-        "(every step is logged). *Time to recover*: from the injection to the first training step logged after "
-        "the resume (`docker logs --timestamps`). A dash: the case does not restart the run.",
+        *chain_sentence(settings),
+        "*Progress lost*: the last step any rank reached before the restart minus the step the run resumed "
+        "from, read after the fault (every step is logged): from rank 0's log, or, where the master's host is "
+        "lost, from the progress files of the hosts left. *Time to recover*: from the injection to the first "
+        "training step logged after the resume (`docker logs --timestamps`). A dash: the case does not restart "
+        "the run.",
         "",
         "| case | fault | result | progress lost (steps) | time to recover (s) | outcome |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -73,6 +77,25 @@ def render_text(data: dict) -> str:
             lines.append(f"- **{key}**: " + "; ".join(f"{name} = {cell(json.dumps(value) if isinstance(value, (dict, list)) else value)}"
                                                      for name, value in details.items()))
     return "\n".join(lines) + "\n"
+
+
+def duration(session: dict) -> str:
+    """" (N min)" between the session's start and finish, when both are known."""
+    try:
+        seconds = (datetime.fromisoformat(session["finished"]) - datetime.fromisoformat(session["started"]))
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return f" ({seconds.total_seconds() / 60:.1f} min)"
+
+
+def chain_sentence(settings: dict) -> list[str]:
+    """The paragraph on the run that several process faults hit one after the other, when there is one."""
+    chain = settings.get("process_chain")
+    if not chain:
+        return []
+    return [f"Cases {', '.join(chain['cases'])} hit one run in that order, each once the run trained again "
+            f"after the one before (`{json.dumps(chain['overrides'])}`, `trainer_torchrun_max_restarts` "
+            f"{chain['trainer_torchrun_max_restarts']} for that run).", ""]
 
 
 def render(results: Path = DEFAULT_RESULTS, doc: Path = DOC_FILE) -> None:

@@ -14,9 +14,9 @@ from harness.playbook import PlaybookRun, ansible_env, tool
 
 from .lab import Lab
 
-STATE_LINE = re.compile(r'"run (\S+): (starting|training|recovering|finished|failed)"')
+STATE_LINE = re.compile(r'"run (\S+): (starting|training|recovering|finished|failed|stopped)"')
 # bin/chargpt-status's exit status by state, as its usage and the README give it.
-FINISHED, FAILED, RUNNING = 0, 1, 3
+FINISHED, FAILED, RUNNING, STOPPED = 0, 1, 3, 5
 
 
 @dataclass
@@ -35,10 +35,10 @@ class Status:
         return int(self.rows[host][4].split("/")[0])
 
 
-def status(lab: Lab, hosts: list[str], *args: str, log_name: str) -> Status:
-    """Run the status playbook in check mode (it must change nothing) and read what it printed, then
-    bin/chargpt-status with the same arguments."""
-    run = lab.playbook("playbooks/status.yml", "--check", *args, log_name=log_name)
+def status(lab: Lab, hosts: list[str], *args: str, log_name: str, inventory: Path | None = None) -> Status:
+    """Run the status playbook in check mode (it must change nothing) against the lab's inventory (or
+    another one of its hosts) and read what it printed, then bin/chargpt-status with the same arguments."""
+    run = lab.playbook("playbooks/status.yml", "--check", *args, log_name=log_name, inventory=inventory)
     assert not run.changed_hosts(), f"status.yml changed {run.changed_hosts()} (log {run.log})"
     match = STATE_LINE.search(run.text)
     assert match, f"status.yml printed no state line (exit {run.returncode}, log {run.log}):\n{run.tail(30)}"
@@ -50,12 +50,14 @@ def status(lab: Lab, hosts: list[str], *args: str, log_name: str) -> Status:
         if cells and cells[0] in hosts:
             rows[cells[0]] = cells
     assert sorted(rows) == sorted(hosts), f"status.yml's table has rows for {sorted(rows)} (log {run.log})"
-    return Status(run, match[1], match[2], rows, status_command(lab, "--check", *args))
+    return Status(run, match[1], match[2], rows, status_command(lab, "--check", *args, inventory=inventory))
 
 
-def status_command(lab: Lab, *args: str) -> subprocess.CompletedProcess:
-    """bin/chargpt-status against the lab, with the lab's variables, from outside the repository."""
+def status_command(lab: Lab, *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess:
+    """bin/chargpt-status against the lab (or another inventory of its hosts), with the lab's
+    variables, from outside the repository."""
     ansible_bin = Path(tool("ansible-playbook")).parent
     env = ansible_env(PATH=f"{ansible_bin}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run([str(REPO / "bin" / "chargpt-status"), "-i", str(lab.inventory), *lab.playbook_vars, *args],
+    return subprocess.run([str(REPO / "bin" / "chargpt-status"), "-i", str(inventory or lab.inventory),
+                           *lab.playbook_vars, *args],
                           cwd=REPO.parent, env=env, capture_output=True, text=True, timeout=300)

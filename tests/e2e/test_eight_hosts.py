@@ -30,7 +30,7 @@ def eight_hosts_lab(pytestconfig, artifacts_dir):
     try:
         timed(f"lab up ({HOSTS} hosts)", lab.command, "up", "--hosts", str(HOSTS))
         shutil.rmtree(artifacts_dir / RUN_ID, ignore_errors=True)
-        assert_succeeded(lab.playbook(log_name=f"site-{HOSTS}-hosts-from-scratch"))
+        assert_succeeded(lab.playbook(log_name=f"site-{HOSTS}-hosts-from-scratch", network_probe=True))
         yield lab
     finally:
         if not KEEP_LAB:

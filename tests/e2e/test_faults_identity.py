@@ -1,20 +1,17 @@
-"""Fault cases 8a-8e (issue 11): a run that cannot train never hides behind a green playbook, and one
-run id is one experiment. A setting only the trainer can judge ends site.yml at once with the
-trainer's line and is not restarted; `$` reaches the container literally; another corpus under the
-same run id is refused, whether the run still trains or has finished; a deployment of another run id
-stops while a run trains. They run after the bad-input cases (6a-6j) and before the faults during a
-run (see fault_lab.py)."""
+"""Fault cases 8a, 8c and 8d (issue 11): a run that cannot train never hides behind a green
+playbook, and one run id is one experiment. A setting only the trainer can judge ends site.yml at
+once with the trainer's line and is not restarted; `$` reaches the container literally; another
+corpus under the run id of a finished run is refused. (8b and 8e, the same refusals while a run
+trains, hit the long run of test_faults_provisioning.py.) They run after the bad-input cases
+(6a-6j) and before the faults during a run (see fault_lab.py)."""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
-from harness import CORPUS
-
-from .fault_lab import BASE_RUN, LONG_OVERRIDES, recording, run_vars
-from .faults import CaseResult, FaultRun, on_host, snapshot, snapshot_differences
+from .fault_lab import (BASE_RUN, assert_refused_another_corpus, changed_corpus, deploy, recording, run_vars,
+                        stop_trainers)
+from .faults import CaseResult, FaultRun, on_host
 from .status import FAILED, status
 
 # What the fault injection makes `chargpt check` refuse, as a setting only the trainer can judge.
@@ -25,27 +22,6 @@ LITERAL = "cost $5, ${HOME} and $$ stay"
 REFUSED_WITHIN_S = 180
 # How long the refused container is watched for a restart.
 WATCH_S = 20
-# Checkpoints early enough that the corpus change meets one.
-CHANGING_OVERRIDES = dict(LONG_OVERRIDES, checkpoint_interval=50)
-
-
-def changed_corpus(tmp_path: Path) -> str:
-    """The corpus without its last 10,000 characters: the same vocabulary, another sha256."""
-    path = tmp_path / "shorter.txt"
-    path.write_bytes(CORPUS.read_bytes()[:-10_000])
-    return str(path)
-
-
-def stop_trainers(fault_lab) -> None:
-    """Stop what a refused deployment left (a worker waits in the rendezvous for its master)."""
-    run = fault_lab.lab.playbook("playbooks/teardown.yml", "--tags", "trainer", log_name="faults-identity-cleanup")
-    assert run.returncode == 0, f"teardown --tags trainer exited {run.returncode} (log {run.log})"
-
-
-def deploy(fault_lab, vars_: dict, log_name: str):
-    started = time.monotonic()
-    run = fault_lab.lab.playbook("site.yml", "--tags", "trainer", "-e", json.dumps(vars_), log_name=log_name)
-    return run, round(time.monotonic() - started, 1)
 
 
 def container_states(run: FaultRun, host: str) -> dict:
@@ -97,42 +73,6 @@ def test_a_setting_only_the_trainer_judges_ends_the_deployment_at_once(fault_lab
     assert REFUSAL in failed.run.text, f"status.yml does not show the trainer's error line:\n{failed.run.tail(30)}"
 
 
-def test_another_run_id_stops_while_a_run_trains_and_another_corpus_is_refused(fault_lab, tmp_path):
-    run = fault_lab.start("faults-corpus-change", CHANGING_OVERRIDES)
-    try:
-        run.wait_for(r"checkpoint ckpt-00000050\.pt written", timeout=300)
-        run.yield_cpu()
-        with recording(fault_lab, CaseResult("8e", "site.yml of another run id while a run trains", "")) as result:
-            hosts = run.cluster.names
-            before = snapshot(hosts)
-            other = run_vars(f"faults-other-{fault_lab.session_tag}", {"max_steps": 20})
-            playbook, took = deploy(fault_lab, other, "faults-other-run-id")
-            result.details = {"exit_code": playbook.returncode, "failed_after_s": took}
-            assert playbook.returncode != 0, f"site.yml replaced a running run (log {playbook.log})"
-            assert f"The run {run.run_id} still trains on" in playbook.text, playbook.tail(30)
-            assert "trainer_replace_running: true" in playbook.text, playbook.tail(30)
-            assert "PLAY [Put the trainer on every host" not in playbook.output, "site.yml went past the preflight"
-            # The running run writes its own directory meanwhile (on every host: its progress file);
-            # everything else must stay as it was.
-            differences = [line for line in snapshot_differences(before, snapshot(hosts))
-                           if f"/{run.run_id}/" not in line and f"/{run.run_id} " not in line]
-            assert not differences, "the refused deployment changed the hosts:\n" + "\n".join(differences[:40])
-            result.progress_lost_steps = 0
-            result.outcome = f"exit {playbook.returncode} after {took} s in preflight, naming {run.run_id}; no host changed"
-
-        with recording(fault_lab, CaseResult("8b", "the same run id with another corpus while it trains", "")) as result:
-            changed = dict(run_vars(run.run_id, CHANGING_OVERRIDES), trainer_corpus_path=changed_corpus(tmp_path))
-            playbook, took = deploy(fault_lab, changed, "faults-corpus-change-running")
-            result.details = {"exit_code": playbook.returncode, "failed_after_s": took}
-            assert playbook.returncode != 0, f"site.yml accepted another corpus for {run.run_id} (log {playbook.log})"
-            assert "corpus" in playbook.text and "sha256" in playbook.text, playbook.tail(30)
-            messages = playbook.failure_messages()
-            result.progress_lost_steps = 0
-            result.outcome = f"exit {playbook.returncode} after {took} s: {messages[0][:160] if messages else '-'}"
-    finally:
-        stop_trainers(fault_lab)
-
-
 def test_a_finished_run_with_another_corpus_is_not_reported_done(fault_lab, tmp_path):
     with recording(fault_lab, CaseResult("8c", "site.yml (trainer_wait) of the finished base run with another corpus",
                                          "")) as result:
@@ -144,7 +84,7 @@ def test_a_finished_run_with_another_corpus_is_not_reported_done(fault_lab, tmp_
             stop_trainers(fault_lab)
         result.details = {"exit_code": playbook.returncode, "failed_after_s": took}
         assert playbook.returncode != 0, f"site.yml called {BASE_RUN['run_id']} done with another corpus ({playbook.log})"
-        assert "corpus" in playbook.text and "sha256" in playbook.text, playbook.tail(30)
+        assert_refused_another_corpus(playbook, BASE_RUN["run_id"], base["trainer_corpus_path"])
         assert "Artifacts on the control node" not in playbook.output, "site.yml fetched the old run as done"
         messages = playbook.failure_messages()
         result.progress_lost_steps = 0

@@ -1,143 +1,192 @@
-"""Fault cases 1-4 (issue 5) and 10b (issue 10): a process or a container hit during a run (kill -9
-of a worker's training process, docker kill of its container, rank 0 killed halfway through a
-checkpoint, a worker paused past the collective timeout, docker kill of rank 0's container, which
-hosts the rendezvous). Each must restart the group, resume from the newest complete checkpoint any
-host has and complete; what it cost is recorded for docs/RELIABILITY.md."""
+"""Fault cases 3, 1, 2, 10b and 4 (issues 5 and 10): a process or a container hit during a run
+(rank 0 killed halfway through a checkpoint, kill -9 of a worker's training process, docker kill of
+a worker's container, docker kill of rank 0's container, which hosts the rendezvous, a worker paused
+past the collective timeout). Each must restart the group and resume from the newest complete
+checkpoint any host has.
+
+The five faults hit one run, in this order, each once the run trains again after the one before
+and has written a checkpoint of its own: they are independent (a restart leaves nothing behind but
+the checkpoints), and one run spares four deployments and four runs to the end. Each case records
+its own figures; the last test follows the run to its end and reads its status there. The run's
+torchrun restart budget is raised above the role's default, since its torchrun agents see up to
+four of these faults between two container restarts."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from .fault_lab import (CHECKPOINT_INTERVAL, CHECKPOINT_PAUSE_S, DIST_TIMEOUT_S, FAULT_OVERRIDES, INJECT_AFTER_STEP,
-                        TIMEOUT_MARGIN_S, assert_completed, recording)
-from .faults import CaseResult, FaultRun, now, on_host, seconds_between
+import pytest
+
+from .fault_lab import (CHECKPOINT_INTERVAL, CHECKPOINT_PAUSE_S, DIST_TIMEOUT_S, FAULT_OVERRIDES, TIMEOUT_MARGIN_S,
+                        assert_completed, recording)
+from .faults import RESUMED_LINE, STEP_LINE, CaseResult, FaultRun, Recovery, now, on_host, seconds_between
+from .status import FINISHED, status
+
+# The checkpoint rank 0 is killed in the middle of writing (case 3): late enough that site.yml has
+# returned when rank 0 pauses in it, since the worker waits for rank 0 no longer than dist_timeout_s.
+TORN_STEP = 3 * CHECKPOINT_INTERVAL
+CHAIN_OVERRIDES = dict(FAULT_OVERRIDES, max_steps=550, dist_timeout_s=DIST_TIMEOUT_S)
+CHAIN_SETTINGS = {"trainer_torchrun_max_restarts": 8}
+CHAIN_CASES = ["3", "1", "2", "10b", "4"]
 
 
-def assert_resumed_from_newest_checkpoint(run: FaultRun, recovery, summary: dict) -> None:
-    assert recovery.resumed_from is not None, (
-        f"{run.run_id}: rank 0 never logged 'resumed from step' after the fault; its log ends:\n{run.log_tail()}")
-    assert recovery.resumed_from == recovery.newest_checkpoint_before_restart, (
-        f"{run.run_id}: resumed from step {recovery.resumed_from}, but the newest checkpoint written before "
-        f"the restart was step {recovery.newest_checkpoint_before_restart}")
-    assert recovery.first_step_after == recovery.resumed_from + 1, (
-        f"{run.run_id}: the first step after resuming from {recovery.resumed_from} was {recovery.first_step_after}")
-    assert summary["resumed_from_step"] == recovery.resumed_from, f"{run.run_id}: summary {summary}"
+@dataclass
+class Chain:
+    """The run the five faults hit, and where it stands: the step it last resumed from, the cases
+    that passed so far, and each one's record (completed by the last test)."""
+
+    run: FaultRun
+    resumed_from: int = 0
+    passed: list[str] = field(default_factory=list)
+    results: dict[str, CaseResult] = field(default_factory=dict)
+
+    def require(self, case: str) -> None:
+        """Refuse to go on when an earlier fault of the run was not recovered from."""
+        expected = CHAIN_CASES[:CHAIN_CASES.index(case)]
+        if self.passed != expected:
+            pytest.fail(f"case {case} needs cases {expected} to have passed on this run; passed: {self.passed}")
+
+    def wait_for_injection_step(self) -> None:
+        """Follow the run to a step halfway between two checkpoints, with a checkpoint of this
+        attempt before it: the first step 25 after a checkpoint, at least 75 after the resume."""
+        reached = self.run.latest_step()
+        target = self.resumed_from + CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
+        while target <= reached:
+            target += CHECKPOINT_INTERVAL
+        assert target < self.run.max_steps - CHECKPOINT_INTERVAL, (
+            f"{self.run.run_id} is at step {reached} of {self.run.max_steps}: too late for another fault")
+        self.run.wait_for_step(target)
+
+    def recovered(self, result: CaseResult, injected_at: datetime) -> Recovery:
+        """Wait until the run trains again after the fault, record the figures, and check that it
+        resumed from the newest checkpoint written before the restart."""
+        recovery = self.run.recovery(injected_at)
+        result.progress_lost_steps = recovery.progress_lost
+        result.recovery_s = seconds_between(injected_at, recovery.first_step_at)
+        result.details.update(describe_recovery(recovery, injected_at))
+        self.results[result.case] = result
+        assert recovery.resumed_from is not None and recovery.first_step_after is not None, (
+            f"{self.run.run_id}: rank 0 did not train again after the fault; its log ends:\n{self.run.log_tail()}")
+        assert recovery.first_step_after == recovery.resumed_from + 1, (
+            f"{self.run.run_id}: the first step after resuming from {recovery.resumed_from} was "
+            f"{recovery.first_step_after}")
+        self.resumed_from = recovery.resumed_from
+        return recovery
+
+    def wait_for_recovery(self, result: CaseResult, injected_at: datetime, timeout: float = 300) -> Recovery:
+        resumed, _ = self.run.wait_for(RESUMED_LINE, after=injected_at, timeout=timeout)
+        self.run.wait_for(STEP_LINE, after=resumed.at, timeout=timeout)
+        return self.recovered(result, injected_at)
 
 
-def describe_recovery(recovery, injected_at: datetime) -> dict:
+def describe_recovery(recovery: Recovery, injected_at: datetime) -> dict:
     return {"last_step_before_restart": recovery.last_step_before_restart,
             "newest_checkpoint_before_restart": recovery.newest_checkpoint_before_restart,
             "resumed_from_step": recovery.resumed_from,
             "resume_logged_after_s": seconds_between(injected_at, recovery.resumed_at)}
 
 
-def record_recovery(result: CaseResult, recovery, injected_at: datetime) -> None:
-    result.progress_lost_steps = recovery.progress_lost
-    result.recovery_s = seconds_between(injected_at, recovery.first_step_at)
-    result.details.update(describe_recovery(recovery, injected_at))
+def assert_resumed_from_newest_checkpoint(run: FaultRun, recovery: Recovery) -> None:
+    assert recovery.resumed_from == recovery.newest_checkpoint_before_restart, (
+        f"{run.run_id}: resumed from step {recovery.resumed_from}, but the newest checkpoint written before "
+        f"the restart was step {recovery.newest_checkpoint_before_restart}")
 
 
-def start_until_injection(fault_lab, name: str, overrides: dict) -> tuple[FaultRun, str]:
-    """Start a run and follow it to a step halfway between two checkpoints (INJECT_AFTER_STEP, or the
-    first such step the run has not reached when site.yml returns): the run, and the worker that
-    the fault hits."""
-    run = fault_lab.start(name, overrides)
-    reached = run.latest_step()
-    target = INJECT_AFTER_STEP
-    if reached >= INJECT_AFTER_STEP:
-        target = (reached // CHECKPOINT_INTERVAL + 1) * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
-    assert target < overrides["max_steps"] - CHECKPOINT_INTERVAL, (
-        f"{run.run_id} is at step {reached} of {overrides['max_steps']} when site.yml returned: too late for a fault")
-    run.wait_for_step(target)
-    return run, run.cluster.names[1]
+@pytest.fixture(scope="module")
+def chain(fault_lab) -> Chain:
+    pause = {"TRAIN_FAULT_CHECKPOINT_PAUSE": f"{TORN_STEP}:{CHECKPOINT_PAUSE_S}"}
+    run = fault_lab.start("faults-processes", CHAIN_OVERRIDES, environment=pause, settings=CHAIN_SETTINGS)
+    fault_lab.results.data["session"]["settings"]["process_chain"] = {
+        "cases": CHAIN_CASES, "overrides": CHAIN_OVERRIDES, **CHAIN_SETTINGS}
+    return Chain(run)
 
 
-def test_worker_training_process_killed(fault_lab):
-    with recording(fault_lab, CaseResult("1", "kill -9 of a worker's training process mid-run", "")) as result:
-        run, worker = start_until_injection(fault_lab, "faults-kill-worker", FAULT_OVERRIDES)
-        container_before = run.container_state(worker)
-        pid, injected_at = run.signal_training_process(worker, "KILL")
-        summary = run.wait_for_summary()
-        recovery = run.recovery(injected_at)
-        record_recovery(result, recovery, injected_at)
-        assert_completed(run, summary)
-        assert_resumed_from_newest_checkpoint(run, recovery, summary)
-        container_after = run.container_state(worker)
-        result.details["worker_container_restarted"] = container_after["started_at"] != container_before["started_at"]
-        result.outcome = (f"torchrun restarted the group{' and the container restarted' if result.details['worker_container_restarted'] else ' inside the running containers'}; "
-                          f"resumed from step {recovery.resumed_from}; completed {summary['final_step']} steps")
-
-
-def kill_container_and_recover(fault_lab, result: CaseResult, name: str, rank: int) -> None:
-    """docker kill of the trainer container of the host of node rank `rank`, mid-run: the supervisor
-    unit starts the same container again, the group resumes from the newest checkpoint and completes."""
-    run, _ = start_until_injection(fault_lab, name, FAULT_OVERRIDES)
-    host = run.cluster.names[rank]
-    before = run.container_state(host)
-    injected_at = now()
-    on_host(host, "docker", "kill", run.container(host))
-    summary = run.wait_for_summary()
-    recovery = run.recovery(injected_at)
-    record_recovery(result, recovery, injected_at)
-    after = run.container_state(host)
-    result.details.update(started_at_before=before["started_at"], started_at_after=after["started_at"])
-    assert after["id"] == before["id"], f"{host}: the trainer container was replaced, not started again"
-    assert after["started_at"] != before["started_at"], f"{host}: the killed container never started again"
-    assert_completed(run, summary)
-    assert_resumed_from_newest_checkpoint(run, recovery, summary)
-    result.outcome = (f"the container came back (the supervisor unit started it again) and the group formed again; "
-                      f"resumed from step {recovery.resumed_from}; completed {summary['final_step']} steps")
-
-
-def test_worker_container_killed(fault_lab):
-    with recording(fault_lab, CaseResult("2", "docker kill of a worker's trainer container mid-run", "")) as result:
-        kill_container_and_recover(fault_lab, result, "faults-docker-kill", rank=1)
-
-
-def test_rank0_container_killed(fault_lab):
-    with recording(fault_lab, CaseResult("10b", "docker kill of rank 0's trainer container (it hosts the rendezvous) "
-                                                "mid-run", "")) as result:
-        kill_container_and_recover(fault_lab, result, "faults-docker-kill-rank0", rank=0)
-
-
-def test_rank0_killed_while_writing_a_checkpoint(fault_lab):
-    torn_step = 2 * CHECKPOINT_INTERVAL
-    pause = {"TRAIN_FAULT_CHECKPOINT_PAUSE": f"{torn_step}:{CHECKPOINT_PAUSE_S}"}
-    with recording(fault_lab, CaseResult("3", f"kill -9 of rank 0 halfway through writing checkpoint {torn_step}",
+def test_rank0_killed_while_writing_a_checkpoint(fault_lab, chain):
+    run = chain.run
+    chain.require("3")
+    with recording(fault_lab, CaseResult("3", f"kill -9 of rank 0 halfway through writing checkpoint {TORN_STEP}",
                                          "")) as result:
-        run = fault_lab.start("faults-kill-rank0-mid-checkpoint", FAULT_OVERRIDES, environment=pause)
-        run.wait_for(re.compile(rf"fault injection: pausing .*ckpt-{torn_step:08d}\.pt"), timeout=300)
+        run.wait_for(re.compile(rf"fault injection: pausing .*ckpt-{TORN_STEP:08d}\.pt"), timeout=300)
         files = run.checkpoint_files()
         pid, injected_at = run.signal_training_process(run.master, "KILL")
         result.details["checkpoint_files_at_kill"] = files
-        assert f"ckpt-{torn_step:08d}.pt" not in files, f"checkpoint {torn_step} was complete before the kill: {files}"
-        assert any(name.startswith(f".ckpt-{torn_step:08d}.pt.") and name.endswith(".tmp") for name in files), (
-            f"no half-written temp file of checkpoint {torn_step} at the kill: {files}")
-        summary = run.wait_for_summary()
-        recovery = run.recovery(injected_at)
-        record_recovery(result, recovery, injected_at)
-        assert_completed(run, summary)
+        assert f"ckpt-{TORN_STEP:08d}.pt" not in files, f"checkpoint {TORN_STEP} was complete before the kill: {files}"
+        assert any(name.startswith(f".ckpt-{TORN_STEP:08d}.pt.") and name.endswith(".tmp") for name in files), (
+            f"no half-written temp file of checkpoint {TORN_STEP} at the kill: {files}")
+        recovery = chain.wait_for_recovery(result, injected_at)
         # The worker's host wrote its own copy of that checkpoint in full: the group resumes from it,
         # and rank 0's host receives it.
-        assert recovery.resumed_from == torn_step, (
-            f"expected a resume from checkpoint {torn_step}, which the worker's host holds; got {recovery}")
-        assert summary["resumed_from_step"] == torn_step, f"{run.run_id}: summary {summary}"
-        received = [line.text for line in run.rank0_log() if f"received step {torn_step} from rank 1" in line.text]
-        assert received, f"rank 0's host never received checkpoint {torn_step}; its log ends:\n{run.log_tail()}"
+        assert recovery.resumed_from == TORN_STEP, (
+            f"expected a resume from checkpoint {TORN_STEP}, which the worker's host holds; got {recovery}")
+        received = [line.text for line in run.rank0_log() if f"received step {TORN_STEP} from rank 1" in line.text]
+        assert received, f"rank 0's host never received checkpoint {TORN_STEP}; its log ends:\n{run.log_tail()}"
         warnings = [line.text for line in run.rank0_log() if "unreadable" in line.text]
         result.details["unreadable_checkpoint_warnings"] = warnings
         # The torn write stayed a temp file: no checkpoint the resume read was unreadable.
         assert not warnings, f"{run.run_id}: unreadable checkpoints after a torn write: {warnings}"
         result.outcome = (f"the torn write stayed a temp file on rank 0's host; the worker's host had checkpoint "
-                          f"{torn_step} and sent it; completed {summary['final_step']} steps")
+                          f"{TORN_STEP} and sent it; the group resumed from it")
+    chain.passed.append("3")
 
 
-def test_worker_paused_past_the_collective_timeout(fault_lab):
-    overrides = dict(FAULT_OVERRIDES, dist_timeout_s=DIST_TIMEOUT_S)
+def test_worker_training_process_killed(fault_lab, chain):
+    run, worker = chain.run, chain.run.cluster.names[1]
+    chain.require("1")
+    with recording(fault_lab, CaseResult("1", "kill -9 of a worker's training process mid-run", "")) as result:
+        chain.wait_for_injection_step()
+        container_before = run.container_state(worker)
+        pid, injected_at = run.signal_training_process(worker, "KILL")
+        recovery = chain.wait_for_recovery(result, injected_at)
+        assert_resumed_from_newest_checkpoint(run, recovery)
+        restarted = run.container_state(worker)["started_at"] != container_before["started_at"]
+        result.details["worker_container_restarted"] = restarted
+        result.outcome = (f"torchrun restarted the group{' and the container restarted' if restarted else ' inside the running containers'}; "
+                          f"resumed from step {recovery.resumed_from}")
+    chain.passed.append("1")
+
+
+def kill_container_and_recover(chain: Chain, result: CaseResult, rank: int) -> None:
+    """docker kill of the trainer container of the host of node rank `rank`, mid-run: the supervisor
+    unit starts the same container again and the group resumes from the newest checkpoint."""
+    run = chain.run
+    chain.wait_for_injection_step()
+    host = run.cluster.names[rank]
+    before = run.container_state(host)
+    injected_at = now()
+    on_host(host, "docker", "kill", run.container(host))
+    recovery = chain.wait_for_recovery(result, injected_at)
+    after = run.container_state(host)
+    result.details.update(started_at_before=before["started_at"], started_at_after=after["started_at"])
+    assert after["id"] == before["id"], f"{host}: the trainer container was replaced, not started again"
+    assert after["started_at"] != before["started_at"], f"{host}: the killed container never started again"
+    assert_resumed_from_newest_checkpoint(run, recovery)
+    result.outcome = (f"the container came back (the supervisor unit started it again) and the group formed again; "
+                      f"resumed from step {recovery.resumed_from}")
+
+
+def test_worker_container_killed(fault_lab, chain):
+    chain.require("2")
+    with recording(fault_lab, CaseResult("2", "docker kill of a worker's trainer container mid-run", "")) as result:
+        kill_container_and_recover(chain, result, rank=1)
+    chain.passed.append("2")
+
+
+def test_rank0_container_killed(fault_lab, chain):
+    chain.require("10b")
+    with recording(fault_lab, CaseResult("10b", "docker kill of rank 0's trainer container (it hosts the rendezvous) "
+                                                "mid-run", "")) as result:
+        kill_container_and_recover(chain, result, rank=0)
+    chain.passed.append("10b")
+
+
+def test_worker_paused_past_the_collective_timeout(fault_lab, chain):
+    run, worker = chain.run, chain.run.cluster.names[1]
+    chain.require("4")
     with recording(fault_lab, CaseResult("4", f"SIGSTOP of a worker's training process (dist_timeout_s={DIST_TIMEOUT_S})",
                                          "")) as result:
-        run, worker = start_until_injection(fault_lab, "faults-sigstop-worker", overrides)
+        chain.wait_for_injection_step()
         pid, injected_at = run.signal_training_process(worker, "STOP")
         try:
             timeout_line, _ = run.wait_for("dist_timeout_s", after=injected_at,
@@ -148,7 +197,7 @@ def test_worker_paused_past_the_collective_timeout(fault_lab):
                 f"rank 0 reported the timeout {detected_s} s after the pause, more than "
                 f"dist_timeout_s={DIST_TIMEOUT_S} + {TIMEOUT_MARGIN_S} s")
             # The stopped process is left alone: the restart must get rid of it by itself.
-            summary = run.wait_for_summary()
+            recovery = chain.wait_for_recovery(result, injected_at)
         finally:
             # A process the restart left behind (or a failed test) would stay stopped forever.
             left_behind = on_host(worker, "kill", "-0", str(pid), check=False).returncode == 0
@@ -156,10 +205,39 @@ def test_worker_paused_past_the_collective_timeout(fault_lab):
             if left_behind:
                 on_host(worker, "kill", "-CONT", str(pid), check=False)
         assert not left_behind, f"{worker}: the stopped training process {pid} outlived the restart of its group"
-        recovery = run.recovery(injected_at)
-        record_recovery(result, recovery, injected_at)
-        assert_completed(run, summary)
-        assert_resumed_from_newest_checkpoint(run, recovery, summary)
+        assert_resumed_from_newest_checkpoint(run, recovery)
         result.outcome = (f"rank 0 failed fast {detected_s} s after the pause (\"{timeout_line.text.strip()[:90]}\"); "
-                          f"the group restarted, resumed from step {recovery.resumed_from}, completed "
-                          f"{summary['final_step']} steps")
+                          f"the group restarted and resumed from step {recovery.resumed_from}")
+    chain.passed.append("4")
+
+
+def test_the_run_completes_after_every_fault_and_status_shows_it_finished(fault_lab, chain):
+    """The run the five faults hit ends complete, resumed last from the last fault's checkpoint; each
+    case's outcome says so, or turns into a failure when it does not. The status of the finished
+    run shows every host at the last step and the worker's container restarts."""
+    run = chain.run
+    if chain.passed != CHAIN_CASES:
+        pytest.fail(f"the run's faults did not all pass (passed: {chain.passed}): its end is not measured")
+    try:
+        summary = run.wait_for_summary()
+        assert_completed(run, summary)
+        assert summary["resumed_from_step"] == chain.resumed_from, f"{run.run_id}: summary {summary}"
+    except AssertionError as error:
+        for result in chain.results.values():
+            result.passed, result.outcome = False, f"FAILED: the run did not complete after the faults: {error}"
+            fault_lab.results.record(result.case, result)
+        raise
+    for result in chain.results.values():
+        result.outcome += f"; the run completed {summary['final_step']} steps after all {len(CHAIN_CASES)} faults"
+        fault_lab.results.record(result.case, result)
+
+    hosts = run.cluster.names
+    finished = status(fault_lab.lab, hosts, log_name="faults-status-finished")
+    assert finished.state == "finished", finished.run.tail(30)
+    assert finished.run.returncode == 0
+    assert finished.exit_code == FINISHED, finished.command.stdout + finished.command.stderr
+    assert finished.command.stdout.splitlines()[0] == f"run {run.run_id}: finished", finished.command.stdout
+    assert int(finished.rows[hosts[1]][3]) >= 1, f"the killed worker's restarts: {finished.rows[hosts[1]]}"
+    for host in hosts:
+        assert finished.rows[host][4] == f"{run.max_steps}/{run.max_steps}", finished.rows[host]
+    assert finished.rows[hosts[0]][8].startswith("ckpt-"), f"the master's newest checkpoint: {finished.rows[hosts[0]]}"

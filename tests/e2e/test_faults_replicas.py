@@ -22,6 +22,7 @@ from harness.playbook import assert_succeeded
 from .cluster import Cluster
 from .fault_lab import CHECKPOINT_INTERVAL, FAULT_OVERRIDES, INJECT_AFTER_STEP, assert_completed, recording, run_vars
 from .faults import CaseResult, FaultRun, now, on_host, seconds_between
+from .status import STOPPED, status
 
 # Checkpoints kept long enough that the copy a new host received is still there to compare.
 REPLICA_OVERRIDES = dict(FAULT_OVERRIDES, keep_checkpoints=20)
@@ -138,17 +139,28 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         result.details.update(docker_stop_at_step=stopped_at, exit_codes_after_docker_stop=codes)
         assert states == {first: "exited", second: "exited"} and set(codes.values()) == {"143"}, (
             f"after docker stop the trainers are {states} with exit codes {codes}: expected exited, 143, left stopped")
+        stopped = status(lab, [first, second], log_name="faults-status-stopped", inventory=two_hosts)
+        result.details["status_after_docker_stop"] = [stopped.state, stopped.exit_code]
+        assert (stopped.run_id, stopped.state) == (run.run_id, "stopped"), stopped.run.tail(30)
+        assert stopped.exit_code == STOPPED, stopped.command.stdout + stopped.command.stderr
+        assert stopped.step(first) == stopped_at, stopped.rows
         result.progress_lost_steps = 0
         result.recovery_s = result.details["add_recovery_s"]
         result.outcome = (f"added at step {resumed}: every host checkpointed it, {joining} received it (its copy "
                           f"matches the master's) and the group of 3 resumed from it; removed at step "
                           f"{resumed_again}, resumed at world size 2 from that step; docker stop at step "
-                          f"{stopped_at}: checkpointed on both hosts, exit 143, left stopped")
+                          f"{stopped_at}: checkpointed on both hosts, exit 143, left stopped; status 'stopped', "
+                          f"exit {STOPPED}")
 
 
 def checkpoint_steps(host: str, run_dir: str) -> list[int]:
     names = on_host(host, "ls", f"{run_dir}/checkpoints", check=False).stdout.split()
     return sorted(int(name[5:13]) for name in names if name.startswith("ckpt-") and name.endswith(".pt"))
+
+
+def progress_step(host: str, run_dir: str) -> int:
+    """The last step host's first training process logged (its progress file: every step is logged)."""
+    return json.loads(on_host(host, "cat", f"{run_dir}/progress.json").stdout)["step"]
 
 
 def swarm_cluster_id(host: str) -> str:
@@ -165,9 +177,12 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     run = fault_lab.start(name, REPLICA_OVERRIDES, inventory=inventory.write(tmp_path / "before.yml"))
     run.wait_for_step(MASTER_LOSS_AFTER_STEP)
     run_dir = run.run_dir
-    last_step = run.latest_step()
     injected_at = now()
     lab.command("remove", lost.rsplit("-", 1)[1])
+    # Read after the loss: the step the hosts left reached (a rank cannot get a step ahead of the
+    # group) and the checkpoints they hold.
+    reached = {host: progress_step(host, run_dir) for host in hosts[1:]}
+    last_step = max(reached.values())
     survivors = {host: checkpoint_steps(host, run_dir) for host in hosts[1:]}
     newest = max(step for steps in survivors.values() for step in steps)
     after = replace(inventory.without(lost), master=[new_master], workers=hosts[2:],
@@ -186,7 +201,7 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     assert result.progress_lost_steps <= CHECKPOINT_INTERVAL, result.progress_lost_steps
     first_step = moved.wait_for_step(newest + 1)
     result.recovery_s = seconds_between(injected_at, first_step.at)
-    result.details.update(lost_host=lost, new_master=new_master, last_step_before_loss=last_step,
+    result.details.update(lost_host=lost, new_master=new_master, steps_reached_by_the_hosts_left=reached,
                           survivors_checkpoints=survivors, resumed_from_step=newest, rerun_s=rerun_s)
     return {"moved": moved, "summary": summary, "new_master": new_master, "newest": newest, "lost": lost}
 
