@@ -6,9 +6,14 @@ Two layouts alternate, in one run:
 - "one host writes": only rank 0 is its host's first process (LOCAL_RANK 0), so only it writes,
   which is what the trainer did before every host kept the run;
 - "every host writes": every rank is its host's first process and writes its own copy.
-Per checkpoint, rank 0 logs the time from the start of the save (the RNG states and metrics
-gathered from the ranks included) to its file being renamed into place; the other ranks wait for
-it at the next step's all-reduce, so it is what one checkpoint adds to the run.
+Per checkpoint, two figures:
+- what it costs the run: the step after it less the median step after no checkpoint. Every step
+  logs (log_interval 1), and rank 0's step line times the step from the end of the line before, so
+  the step after a checkpoint holds rank 0's save and its wait, at that step's all-reduce, for the
+  slowest host to finish writing; this is the headline;
+- the slowest host's write: the most that any host logged for its save (the RNG states and
+  metrics gathered from the ranks included), at the trainer's 10 ms resolution.
+The last step's checkpoint is left out: no step follows it.
 
     python benchmarks/bench_checkpoint.py --data data/input.txt [--hosts 2 3] [--trials 3]
 """
@@ -16,6 +21,7 @@ it at the next step's all-reduce, so it is what one checkpoint adds to the run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -23,13 +29,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT_LINE = re.compile(r"checkpoint ckpt-\d+\.pt written on this host in ([0-9.]+) s")
+CHECKPOINT_LINE = re.compile(r"checkpoint ckpt-(\d+)\.pt written on this host in ([0-9.]+) s")
+STEP_LINE = re.compile(r"\[chargpt\] step (\d+)/\d+ .*\| ([\d,]+) tokens/s")
 STEPS, CHECKPOINT_INTERVAL = 60, 10
 OVERRIDES = {"max_steps": STEPS, "checkpoint_interval": CHECKPOINT_INTERVAL, "eval_interval": STEPS,
-             "eval_batches": 1, "log_interval": STEPS, "keep_checkpoints": 2, "num_threads": 1, "sample_chars": 1}
+             "eval_batches": 1, "log_interval": 1, "keep_checkpoints": 2, "num_threads": 1, "sample_chars": 1}
+
+
+@dataclass
+class Checkpoint:
+    cost: float  # seconds the step after it took beyond the median step after no checkpoint
+    slowest_write: float  # seconds of the slowest host's save, as that host logged it
 
 
 def free_port() -> int:
@@ -38,8 +52,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def trial(data: Path, hosts: int, every_host_writes: bool, root: Path) -> list[float]:
-    """Seconds of each checkpoint as rank 0 logged them."""
+def tokens_per_step(run_dir: Path) -> int:
+    """The global batch in tokens, from the config the run recorded."""
+    config = json.loads((run_dir / "config.json").read_text())["attempts"][-1]["config"]
+    return config["batch_size"] * config["block_size"]
+
+
+def measure(logs: list[str], tokens: int) -> list[Checkpoint]:
+    """The checkpoints of one run from every rank's output (rank 0's first) and its tokens per step."""
+    # With log_interval 1 each step line's tokens/s covers that one step.
+    seconds = {int(step): tokens / float(rate.replace(",", "")) for step, rate in STEP_LINE.findall(logs[0])}
+    writes: dict[int, list[float]] = {}
+    for log in logs:
+        for step, took in CHECKPOINT_LINE.findall(log):
+            writes.setdefault(int(step), []).append(float(took))
+    ordinary = statistics.median(took for step, took in seconds.items() if step - 1 not in writes)
+    return [Checkpoint(seconds[step + 1] - ordinary, max(took)) for step, took in sorted(writes.items())
+            if step + 1 in seconds]
+
+
+def trial(data: Path, hosts: int, every_host_writes: bool, root: Path) -> list[Checkpoint]:
     port = free_port()
     processes = []
     for rank in range(hosts):
@@ -58,7 +90,7 @@ def trial(data: Path, hosts: int, every_host_writes: bool, root: Path) -> list[f
     for rank, (process, log) in enumerate(zip(processes, logs)):
         if process.returncode != 0:
             sys.exit(f"rank {rank} of {hosts} exited {process.returncode}:\n{log[-3000:]}")
-    return [float(match) for match in CHECKPOINT_LINE.findall(logs[0])]
+    return measure(logs, tokens_per_step(root / "host0"))
 
 
 def main() -> int:
@@ -68,20 +100,22 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
     layouts = {"one host writes": False, "every host writes": True}
-    print(f"cpu preset, {STEPS} steps, a checkpoint every {CHECKPOINT_INTERVAL}; seconds per checkpoint on rank 0")
+    print(f"cpu preset, {STEPS} steps, a checkpoint every {CHECKPOINT_INTERVAL}; per checkpoint, seconds it adds "
+          "to the run (the step after it less the median step) and, in brackets, the slowest host's write")
     for hosts in args.hosts:
-        seconds: dict[str, list[float]] = {name: [] for name in layouts}
+        measured: dict[str, list[Checkpoint]] = {name: [] for name in layouts}
         for number in range(args.trials):
             for name, every_host_writes in layouts.items():
                 with tempfile.TemporaryDirectory() as root:
-                    measured = trial(args.data, hosts, every_host_writes, Path(root))
-                seconds[name] += measured
+                    checkpoints = trial(args.data, hosts, every_host_writes, Path(root))
+                measured[name] += checkpoints
                 print(f"  {hosts} hosts, trial {number + 1}, {name}: "
-                      + ", ".join(f"{value:.3f}" for value in measured), flush=True)
-        medians = {name: statistics.median(values) for name, values in seconds.items()}
-        print(f"{hosts} hosts: one host writes {medians['one host writes']:.3f} s, every host writes "
-              f"{medians['every host writes']:.3f} s per checkpoint "
-              f"({medians['every host writes'] / medians['one host writes']:.2f}x)", flush=True)
+                      + ", ".join(f"{point.cost:.3f} ({point.slowest_write:.2f})" for point in checkpoints),
+                      flush=True)
+        figures = [f"{name} {statistics.median(point.cost for point in points):.3f} s "
+                   f"(slowest host's write {statistics.median(point.slowest_write for point in points):.2f} s)"
+                   for name, points in measured.items()]
+        print(f"{hosts} hosts, median per checkpoint: " + "; ".join(figures), flush=True)
     return 0
 
 

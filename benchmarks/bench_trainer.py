@@ -4,10 +4,14 @@ Both trainers run through their own command lines, one process each, alternately
 recipe shapes (4 layers, 4 heads, 128 wide, context 64, batch 12, dropout 0) with the same number
 of threads:
 
-1. Speed: ms per training step and tokens/s, evaluations excluded, median of the steps after the
-   first 50 of each trial, median of the trials: nanoGPT's train.py, chargpt as shipped (its
-   default precision for this CPU), and chargpt in float32 (nanoGPT's precision on a CPU). The
-   headline is the ratio chargpt / nanoGPT in tokens/s (target >= 1.3x).
+1. Speed: ms per training step and tokens/s, evaluations excluded, median of the trials: nanoGPT's
+   train.py, chargpt as shipped (its default precision for this CPU), and chargpt in float32
+   (nanoGPT's precision on a CPU). Both trainers print a step line every LOG_INTERVAL steps and are
+   timed alike, by this process's clock as their lines arrive: a trial's ms a step is the median,
+   over the windows between step lines after the first 50 steps, of a window's time over its steps
+   (each trainer's own logging included). Tokens per step come from the config each run used:
+   chargpt's config.json, nanoGPT's "tokens per iteration" line. The headline is the ratio
+   chargpt / nanoGPT in tokens/s (target >= 1.3x).
 2. Time to val loss <= 1.89 with the `cpu` preset, evaluations included, per seed and the median
    (target < 50 s), with nanoGPT's recipe beside it (its seed is fixed, so one run of it is shown
    per seed of ours).
@@ -41,14 +45,16 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_VAL_LOSS = 1.89
 WARMUP_STEPS = 50  # steps of each trial left out of its median
-# nanoGPT's README command for a CPU, less the steps and the evaluation cadence, which each part sets.
+LOG_INTERVAL = 10  # steps between the step lines of both trainers, which time their steps
+# nanoGPT's README command for a CPU, less the steps, the evaluation cadence, which each part sets, and
+# the log interval (LOG_INTERVAL).
 NANOGPT_CPU_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
-                      "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
-                      "--n_embd=128", "--lr_decay_iters=2000", "--dropout=0.0"]
-NANOGPT_ITER = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
+                      "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+                      "--lr_decay_iters=2000", "--dropout=0.0"]
+NANOGPT_TOKENS = re.compile(r"^tokens per iteration will be: ([\d,]+)")
+NANOGPT_ITER = re.compile(r"^iter (\d+): loss [\d.]+, time [\d.]+ms")
 NANOGPT_EVAL = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)")
-CHARGPT_STEP = re.compile(r"^\[chargpt\] step (\d+)/\d+ .*\| ([\d,]+) tokens/s")
-TOKENS_PER_STEP = 12 * 64
+CHARGPT_STEP = re.compile(r"^\[chargpt\] step (\d+)/\d+ ")
 
 
 @dataclass
@@ -57,23 +63,26 @@ class Contender:
     command: list[str]
     cwd: Path
     env: dict[str, str]
+    out_dir: Path  # its run directory
 
 
 def chargpt(data: Path, threads: int, run_dir: Path, assignments: list[str]) -> Contender:
     command = [sys.executable, "-m", "chargpt", "train", "--data", str(data), "--preset", "cpu",
-               "--run-dir", str(run_dir), "--set", f"num_threads={threads}"]
+               "--run-dir", str(run_dir), "--set", f"num_threads={threads}",
+               "--set", f"log_interval={LOG_INTERVAL}"]
     for assignment in assignments:
         command += ["--set", assignment]
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHARGPT_")}
     env["PYTHONPATH"] = str(REPO_ROOT / "app")
-    return Contender("chargpt", command, REPO_ROOT, env)
+    return Contender("chargpt", command, REPO_ROOT, env, run_dir)
 
 
 def nanogpt(checkout: Path, threads: int, out_dir: Path, arguments: list[str]) -> Contender:
-    command = [sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--out_dir={out_dir}", *arguments]
+    command = [sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--log_interval={LOG_INTERVAL}",
+               f"--out_dir={out_dir}", *arguments]
     # nanoGPT leaves the thread count to torch, which takes OMP_NUM_THREADS.
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    return Contender("nanoGPT", command, checkout, env)
+    return Contender("nanoGPT", command, checkout, env, out_dir)
 
 
 def run_timed(contender: Contender) -> list[tuple[float, str]]:
@@ -90,17 +99,36 @@ def run_timed(contender: Contender) -> list[tuple[float, str]]:
     return lines
 
 
-def ms_per_step(contender: Contender, lines: list[tuple[float, str]]) -> float:
-    """Median ms a step after the first WARMUP_STEPS, from each trainer's own step lines."""
+def steps_done(contender: Contender, line: str) -> int | None:
+    """The steps finished when the trainer printed this step line; None for any other line."""
     if contender.name == "nanoGPT":
-        times = [float(match[2]) for _, line in lines if (match := NANOGPT_ITER.match(line))
-                 and int(match[1]) > WARMUP_STEPS]
-    else:  # each line's tokens/s covers the steps since the one before
-        times = [TOKENS_PER_STEP * 1000 / float(match[2].replace(",", "")) for _, line in lines
-                 if (match := CHARGPT_STEP.match(line)) and int(match[1]) > WARMUP_STEPS]
+        match = NANOGPT_ITER.match(line)
+        return int(match[1]) + 1 if match else None  # its iterations count from 0
+    match = CHARGPT_STEP.match(line)
+    return int(match[1]) if match else None
+
+
+def ms_per_step(contender: Contender, lines: list[tuple[float, str]]) -> float:
+    """Median ms a step over the windows between step lines after the first WARMUP_STEPS, by the arrival
+    of the lines: the same clock for both trainers."""
+    marks = [(steps, at) for at, line in lines if (steps := steps_done(contender, line)) is not None]
+    times = [(at - since) * 1000 / (steps - done) for (done, since), (steps, at) in zip(marks, marks[1:])
+             if done >= WARMUP_STEPS]
     if not times:
-        sys.exit(f"{contender.name} printed no step timings after step {WARMUP_STEPS}")
+        sys.exit(f"{contender.name} printed no step lines after step {WARMUP_STEPS}")
     return statistics.median(times)
+
+
+def tokens_per_step(contender: Contender, lines: list[tuple[float, str]]) -> int:
+    """Tokens of one optimizer step, from the config the run used: nanoGPT prints them (batch_size x
+    block_size x gradient_accumulation_steps x processes), chargpt's config.json holds its global batch."""
+    if contender.name == "nanoGPT":
+        stated = next((match[1] for _, line in lines if (match := NANOGPT_TOKENS.match(line))), None)
+        if stated is None:
+            sys.exit("nanoGPT printed no 'tokens per iteration will be' line")
+        return int(stated.replace(",", ""))
+    config = json.loads((contender.out_dir / "config.json").read_text())["attempts"][-1]["config"]
+    return config["batch_size"] * config["block_size"]
 
 
 def prepare_nanogpt_data(checkout: Path, data: Path) -> None:
@@ -122,7 +150,8 @@ def speed(args: argparse.Namespace, scratch: Path) -> None:
     if args.nanogpt:
         contenders = {"nanoGPT train.py": [], **contenders}
     print(f"== speed: {args.steps} steps a trial, {args.trials} alternating trials, one process of "
-          f"{args.threads} threads each, median ms a step after step {WARMUP_STEPS}, evaluations excluded")
+          f"{args.threads} threads each, a step line every {LOG_INTERVAL} steps, median ms a step after step "
+          f"{WARMUP_STEPS} as the lines arrived, evaluations excluded")
     for trial in range(1, args.trials + 1):
         figures = []
         for index, (name, results) in enumerate(contenders.items()):
@@ -133,19 +162,22 @@ def speed(args: argparse.Namespace, scratch: Path) -> None:
             else:
                 dtype = ["dtype=float32"] if "float32" in name else []
                 contender = chargpt(args.data, args.threads, folder,
-                                    [f"max_steps={args.steps}", f"eval_interval={args.steps}", "log_interval=10",
+                                    [f"max_steps={args.steps}", f"eval_interval={args.steps}",
                                      f"checkpoint_interval={args.steps}", *dtype, *args.assignments])
-            results.append(ms_per_step(contender, run_timed(contender)))
-            figures.append(f"{name} {results[-1]:.1f} ms")
+            lines = run_timed(contender)
+            ms, tokens = ms_per_step(contender, lines), tokens_per_step(contender, lines)
+            results.append((ms, tokens * 1000 / ms))
+            figures.append(f"{name} {ms:.1f} ms, {tokens} tokens a step")
         print(f"trial {trial}: " + ", ".join(figures), flush=True)
-    medians = {name: statistics.median(results) for name, results in contenders.items()}
+    medians = {name: (statistics.median(ms for ms, _ in results), statistics.median(rate for _, rate in results))
+               for name, results in contenders.items()}
     print("| | ms/step | tokens/s |\n| --- | --- | --- |")
-    for name, median in medians.items():
-        print(f"| {name} | {median:.1f} | {TOKENS_PER_STEP * 1000 / median:,.0f} |")
+    for name, (ms, tokens_per_s) in medians.items():
+        print(f"| {name} | {ms:.1f} | {tokens_per_s:,.0f} |")
     if args.nanogpt:
-        reference = medians["nanoGPT train.py"]
+        reference = medians["nanoGPT train.py"][1]
         for name in ("chargpt (as shipped)", "chargpt (float32)"):
-            print(f"| ratio {name} / nanoGPT, tokens/s | **{reference / medians[name]:.2f}x** | |")
+            print(f"| ratio {name} / nanoGPT, tokens/s | **{medians[name][1] / reference:.2f}x** | |")
         print("(target: chargpt as shipped >= 1.3x nanoGPT)")
 
 
@@ -178,7 +210,7 @@ def nanogpt_time_to_target(args: argparse.Namespace, out_dir: Path) -> tuple[flo
 def convergence(args: argparse.Namespace, scratch: Path) -> None:
     print(f"== time to val loss <= {TARGET_VAL_LOSS}: the cpu preset by the real CLI, one process of "
           f"{args.threads} threads, evaluated every 100 steps, {args.runs} seeds"
-          + (f"; nanoGPT's CPU recipe (2000 iterations) evaluated every 100 steps" if args.nanogpt else ""))
+          + ("; nanoGPT's CPU recipe (2000 iterations) evaluated every 100 steps" if args.nanogpt else ""))
     ours, theirs = [], []
     for run in range(args.runs):
         seed = 1337 + run
