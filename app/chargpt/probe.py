@@ -12,10 +12,7 @@ containers of the trainer image on the overlay (roles/trainer/tasks/probe.yml).
   bus bandwidth, the figure NCCL's tests print (2(n-1)/n of the bytes per second).
 `peers` and `interface` first give each peer up to --settle seconds to resolve and answer: the
 swarm's gossip tells the other hosts about a container started a moment ago within seconds.
-Each prints one JSON object. `python -m chargpt.probe` runs the same commands as `chargpt probe`
-without loading torch (only the all-reduce needs it): it starts in a few hundredths of a second
-where `chargpt` takes about 1.5 s of CPU. The deployment does not use it yet: measuring that soon
-after the probe containers start found pairs the overlay did not know yet (docs/SCALE.md).
+Each prints one JSON object.
 """
 
 from __future__ import annotations
@@ -193,7 +190,7 @@ def allreduce(nbytes: int, iterations: int, timeout_s: float) -> dict | None:
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
-    """The probe's commands, for `chargpt probe` and `python -m chargpt.probe`."""
+    """The probe's commands, under `chargpt probe`."""
     probes = parser.add_subparsers(dest="probe", required=True)
     serve_parser = probes.add_parser("serve", help="echo UDP datagrams back, forever")
     serve_parser.add_argument("--port", type=int, required=True)
@@ -226,14 +223,3 @@ def run(args: argparse.Namespace) -> int:
     if result is not None:
         print(json.dumps(result))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chargpt.probe",
-                                     description="network checks between hosts, without loading torch first")
-    add_commands(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

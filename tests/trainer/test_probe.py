@@ -1,26 +1,43 @@
 """`chargpt probe` over loopback: echo round trips, full-MTU datagrams, the interface choice, and a
-real two-rank Gloo all-reduce."""
+real two-rank Gloo all-reduce. The processes run the command lines the deployment runs
+(roles/trainer/tasks/probe.yml), which a test reads to keep the two alike."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
+import yaml
 
 from chargpt import probe
-from conftest import child_env, free_port
+from conftest import REPO_ROOT, chargpt_command, child_env, free_port
+
+PROBE_TASKS = REPO_ROOT / "roles" / "trainer" / "tasks" / "probe.yml"
+# `chargpt probe allreduce` as the role runs it: these options, and the environment below.
+ALLREDUCE_OPTIONS = {"--bytes": "400000", "--iterations": "3", "--timeout": "60"}
+
+
+def allreduce_environment(rank: int, port: int) -> dict[str, str]:
+    """What the role sets for `chargpt probe allreduce`, for one of two ranks over loopback."""
+    return {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def echo_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_udp_port()
     ready, stop = threading.Event(), threading.Event()
     server = threading.Thread(target=probe.serve, args=(port, ready, stop), daemon=True)
     server.start()
@@ -54,9 +71,7 @@ def test_a_peer_that_does_not_resolve_is_an_error_not_a_crash():
 def test_a_peer_that_answers_late_is_measured():
     """As a probe container that another host started a moment ago: its echo server comes up
     after the probe began, within the settle time."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_udp_port()
     ready, stop = threading.Event(), threading.Event()
     late = threading.Timer(2.0, probe.serve, args=(port, ready, stop))
     late.start()
@@ -84,13 +99,12 @@ def test_bus_bandwidth_counts_what_each_rank_sends():
 
 def test_two_ranks_time_an_allreduce_over_gloo():
     port = free_port()
-    command = [sys.executable, "-m", "chargpt.probe", "allreduce", "--bytes", "400000", "--iterations", "3",
-               "--timeout", "60"]
-    ranks = [subprocess.Popen(command, env=child_env(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                                                     MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo"),
+    command = chargpt_command("probe", "allreduce", *[word for option in ALLREDUCE_OPTIONS.items() for word in option])
+    ranks = [subprocess.Popen(command, env=child_env(**allreduce_environment(rank, port)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     outputs = [rank.communicate(timeout=120) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert outputs[0][0].count("\n") == 1, f"rank 0 prints one line of JSON: {outputs[0]}"
     result = json.loads(outputs[0][0])
     assert result["world_size"] == 2 and result["bytes"] == 400000 and result["iterations"] == 3
     assert result["time_ms"] > 0 and result["bus_bandwidth_mb_s"] > 0
@@ -104,13 +118,57 @@ def test_the_cli_prints_one_json_object(capsys):
     assert json.loads(capsys.readouterr().out)["routed"] == "lo"
 
 
-def test_the_probe_module_runs_without_loading_torch():
-    """Every host starts these at once in the deployment: without torch they start in hundredths of a
-    second instead of about 1.5 s of CPU each."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "chargpt.probe", "interface", "--target",
-                           "127.0.0.1"], env=child_env(), capture_output=True, text=True, timeout=60)
+def test_the_deployed_echo_server_answers_the_deployed_peers_probe():
+    port = free_udp_port()
+    server = subprocess.Popen(chargpt_command("probe", "serve", "--port", str(port)), env=child_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        done = subprocess.run(chargpt_command("probe", "peers", "--port", str(port), "--count", "3", "127.0.0.1"),
+                              env=child_env(), capture_output=True, text=True, timeout=120)
+    finally:
+        server.terminate()
+        server_output = server.communicate(timeout=30)[0]
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["routed"] == "lo"
-    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
-    assert "chargpt.network" in imported
-    assert [name for name in imported if name.split(".")[0] == "torch"] == []
+    peers = json.loads(done.stdout)["peers"]
+    assert [(peer["peer"], peer["error"], peer["lost"], peer["mtu_ok"]) for peer in peers] == [
+        ("127.0.0.1", None, 0, True)], f"{peers}\nthe echo server said: {server_output[-3000:]}"
+
+
+def cli_probe_commands() -> set[str]:
+    parser = argparse.ArgumentParser()
+    probe.add_commands(parser)
+    return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices}
+
+
+def words(command) -> list[str]:
+    """A command line as the role writes it: a YAML list, or a Jinja expression that builds one."""
+    if isinstance(command, list):
+        return [str(word) for word in command]
+    return re.findall(r"'([^']*)'", command) if "{{" in command else command.split()
+
+
+def chargpt_command_lines(node) -> list[list[str]]:
+    """Every exec's argv, and every container's entrypoint and command, that names chargpt."""
+    if isinstance(node, list):
+        return [line for item in node for line in chargpt_command_lines(item)]
+    if not isinstance(node, dict):
+        return []
+    line = [word for key in ("entrypoint", "command", "argv") for word in words(node.get(key, []))]
+    found = [line] if any("chargpt" in word for word in line) else []
+    return found + chargpt_command_lines(list(node.values()))
+
+
+def test_the_role_runs_every_probe_command_through_the_cli():
+    known = cli_probe_commands()
+    used = set()
+    for line in chargpt_command_lines(yaml.safe_load(PROBE_TASKS.read_text())):
+        start = line.index("python") if "python" in line else 0
+        program, arguments = line[start:start + 4], line[start + 4:]
+        assert program == ["python", "-m", "chargpt", "probe"] and arguments and arguments[0] in known, line
+        used.add(arguments[0])
+        if arguments[0] == "allreduce":
+            assert line[0] == "env" and [word.split("=")[0] for word in line[1:start]] == list(
+                allreduce_environment(0, 0)), line
+            assert arguments[1::2] == list(ALLREDUCE_OPTIONS), line
+    assert used == known, "a probe command the role does not run"

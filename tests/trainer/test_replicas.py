@@ -24,17 +24,9 @@ SETTINGS = ["max_steps=120", "checkpoint_interval=40", "eval_interval=40", "keep
 PEER_STOPPED_EXIT = 75
 
 
-# The trainer with pickle's loaders replaced by a refusal, torch.distributed's included: whatever
-# the peers send each other must arrive without unpickling.
-WITHOUT_PICKLE = """
-import pickle, sys
-import torch.distributed.distributed_c10d as c10d
-def refuse(*args, **kwargs):
-    raise RuntimeError("pickle was used to load data")
-pickle.loads = pickle.load = c10d._unpickler = refuse
-from chargpt.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+# The trainer under a guard that refuses to unpickle anything but a checkpoint file of its own
+# host: whatever the peers send each other must arrive without unpickling.
+WITHOUT_PICKLE = [sys.executable, str(Path(__file__).with_name("pickle_guard.py"))]
 
 
 def start_hosts(corpus: Path, run_dirs: list[Path], without_pickle: bool = False) -> list[subprocess.Popen]:
@@ -46,7 +38,7 @@ def start_hosts(corpus: Path, run_dirs: list[Path], without_pickle: bool = False
         env.pop("GLOO_SOCKET_IFNAME", None)
         arguments = ["train", "--data", str(corpus), "--preset", "smoke", "--run-dir", str(run_dir),
                      *[part for setting in SETTINGS for part in ("--set", setting)]]
-        command = [sys.executable, "-c", WITHOUT_PICKLE, *arguments] if without_pickle else chargpt_command(*arguments)
+        command = [*WITHOUT_PICKLE, *arguments] if without_pickle else chargpt_command(*arguments)
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           text=True))
     return processes
