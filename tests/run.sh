@@ -18,7 +18,9 @@ targets=(tests)
 for arg in "$@"; do
     if [[ -e "${arg%%::*}" ]]; then targets=(); break; fi
 done
-python -m pytest -ra "${targets[@]}" "$@" || status=$?
+# harness.suite_costs records what each test file cost (docs/TESTING.md); tests/ makes it importable.
+PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}" python -m pytest -p harness.suite_costs -ra "${targets[@]}" "$@" ||
+    status=$?
 echo "tests/run.sh: pytest finished in $((SECONDS - start)) s with exit status $status" >&2
 if ((status == 5)); then
     echo "tests/run.sh: no tests ran; that is a failure (check the paths and -k/-m filters given)" >&2
