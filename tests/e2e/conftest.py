@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end tests: a lab of simulated hosts converged with site.yml once per
 session, or, with `--inventory PATH`, a cluster of the user's that is already deployed; and the
-fault-injection tests' lab of their own."""
+fault-injection tests' session on that lab."""
 
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ def artifacts_dir(pytestconfig) -> Path:
 
 
 # The order the e2e modules run in, by the labs they use: the tests without a lab, then the two-host
-# lab's modules one after the other, the eight-host lab, the fault lab. Each lab goes down as soon
-# as the last test that uses it has run (see pytest_runtest_teardown), so that no idle lab shares
-# the machine's two cores with the next one.
+# lab's modules one after the other (its own scenarios, then the fault cases), the eight-host lab.
+# Each lab goes down as soon as the last test that uses it has run (see pytest_runtest_teardown),
+# so that no idle lab shares the machine's two cores with the next one.
 MODULE_ORDER = ["test_checks", "test_fault_records", "test_lab_command", "test_cluster", "test_lab_scenarios",
-                "test_eight_hosts", "test_faults_"]
+                "test_faults_", "test_eight_hosts"]
 # Session-wide lab fixtures, and how each is taken down early: {fixture name: ExitStack}.
 _LAB_STACKS: dict[str, contextlib.ExitStack] = {}
 
@@ -59,8 +59,9 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_runtest_teardown(item, nextitem):
-    """Take a lab down after the last test that uses it (it would otherwise stay up to the session's end)."""
-    for name, stack in list(_LAB_STACKS.items()):
+    """Take a lab down after the last test that uses it (it would otherwise stay up to the session's
+    end); what was set up last is closed first (the fault lab's session before the lab under it)."""
+    for name, stack in reversed(list(_LAB_STACKS.items())):
         if name in item.fixturenames and (nextitem is None or name not in nextitem.fixturenames):
             stack.close()
             del _LAB_STACKS[name]
@@ -107,13 +108,11 @@ def cluster(inventory_path) -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def fault_lab(pytestconfig):
-    """The fault lab of tests/e2e/test_faults_*.py (see fault_lab.py), up from the first fault case
-    to the last."""
-    if pytestconfig.getoption("inventory", default=None):
-        pytest.skip("--inventory names a cluster of your own: the fault-injection tests need a lab")
+def fault_lab(lab):
+    """The fault lab of tests/e2e/test_faults_*.py (see fault_lab.py): the two-host lab, from the
+    first fault case to the last."""
     with lab_lifetime("fault_lab") as lifetime:
-        yield lifetime.enter_context(fault_lab_session())
+        yield lifetime.enter_context(fault_lab_session(lab))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,13 +1,14 @@
 """The lab of the fault-injection tests (issue 5) and what their cases share: the settings of the
-runs, the session that brings the lab up, records every case in artifacts/reliability/faults.json
+runs, the session that prepares the lab, records every case in artifacts/reliability/faults.json
 and renders docs/RELIABILITY.md from it when every case ran, and the assertions on a finished run.
 
-The cases (tests/e2e/test_faults_*.py) share one lab (E2E_FAULTS_LAB_NAME, default e2e-faults),
-separate from the session lab of test_lab_scenarios.py because they deploy with other variables.
-Each run case starts a run of its own (its own run id). pytest runs the files in name order, which
-is the order the cases need: the bad inputs on the settled lab first, the faults during a run, then
-the runs that change their experiment, the faults during a run, then the re-run and the case that
-adds a third host, last."""
+The cases (tests/e2e/test_faults_*.py) run on the two-host lab of the e2e tests, after its own
+scenarios (test_lab_scenarios.py, which end with a teardown): the session takes it back to its first
+two hosts and converges it with a run of its own, so that no second lab installs engines and ships
+the image again. Each run case starts a run of its own (its own run id). pytest runs the files in
+name order, which is the order the cases need: the bad inputs on the settled lab first, the refused
+runs, the probe's limits, the process faults, the deployments beside a long run (case 7 adds a
+third host), then the cases that add, remove and lose hosts, last."""
 
 from __future__ import annotations
 
@@ -30,10 +31,9 @@ from harness.roles import role_default
 
 from .cluster import RUN_ID_LABEL, Cluster
 from .faults import RESULTS_FILE, CaseResult, FaultRun, Results, on_host, start_run
-from .lab import KEEP_LAB, Lab, timed
+from .lab import LAB_NAME, Lab, timed
 from .reliability import DOC_FILE, render
 
-LAB_NAME = os.environ.get("E2E_FAULTS_LAB_NAME", "e2e-faults")
 PRESET = "smoke"
 # The smoke model with a bigger batch and context: about 60 ms a step on 2 cores, so that a fault
 # lands mid-run at a step the test chose (site.yml returns once the run trains, some steps in).
@@ -117,39 +117,39 @@ class FaultLab:
 
 
 @contextlib.contextmanager
-def fault_lab_session() -> Iterator[FaultLab]:
-    """The fault lab: two hosts converged by site.yml with a short finished run. At the end the
-    results are completed, docs/RELIABILITY.md rendered when every case ran, and the lab brought
-    down (unless E2E_KEEP_LAB=1)."""
-    lab = Lab(LAB_NAME, playbook_vars=[])
+def fault_lab_session(shared: Lab) -> Iterator[FaultLab]:
+    """The fault lab: the e2e tests' lab, back to its first two hosts (a host its scenarios added is
+    deleted) and converged by site.yml with a short finished run. At the end the results are
+    completed and docs/RELIABILITY.md rendered when every case ran; the lab goes down with the e2e
+    tests' lab fixture."""
+    lab = Lab(shared.name, playbook_vars=[])
     started = datetime.now(timezone.utc)
-    try:
-        timed("faults: lab up (2 hosts)", lab.command, "up", "--hosts", "2")
-        first = lab.playbook("site.yml", "-e", json.dumps(run_vars(BASE_RUN["run_id"], BASE_RUN["overrides"], wait=True)),
-                             log_name="faults-site-first-run")
-        assert_succeeded(first)
-        results = Results(RESULTS_FILE, {
-            "started": started.isoformat(timespec="seconds"),
-            "machine": machine(),
-            "lab": {"name": LAB_NAME, "hosts": 2},
-            "commit": source_commit(),
-            "settings": {
-                "trainer_preset": PRESET, "fault_overrides": FAULT_OVERRIDES, "long_overrides": LONG_OVERRIDES,
-                "inject_after_step": INJECT_AFTER_STEP, "dist_timeout_s": DIST_TIMEOUT_S,
-                "timeout_margin_s": TIMEOUT_MARGIN_S, "checkpoint_pause_s": CHECKPOINT_PAUSE_S,
-                **{name: role_default("trainer", name) for name in RECOVERY_DEFAULTS},
-            }})
-        yield FaultLab(lab, results, session_tag=started.strftime("%m%d%H%M%S"))
-        results.data["session"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        results.write()
-        missing = [case for case in EXPECTED_CASES if case not in results.data["cases"]]
-        if missing:
-            print(f"\n{DOC_FILE.relative_to(REPO)} not rendered: cases {missing} did not run in this session")
-        else:
-            render(RESULTS_FILE, DOC_FILE)
-    finally:
-        if not KEEP_LAB:
-            timed("faults: lab down", lab.command, "down")
+    inventory = Inventory.read(lab.inventory)
+    for host in (inventory.master + inventory.workers)[2:]:
+        timed(f"faults: remove {host}", lab.command, "remove", host.rsplit("-", 1)[1])
+    timed("faults: lab back to 2 hosts", lab.command, "up", "--hosts", "2")
+    first = lab.playbook("site.yml", "-e", json.dumps(run_vars(BASE_RUN["run_id"], BASE_RUN["overrides"], wait=True)),
+                         log_name="faults-site-first-run")
+    assert_succeeded(first)
+    results = Results(RESULTS_FILE, {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "lab": {"name": lab.name, "hosts": 2},
+        "commit": source_commit(),
+        "settings": {
+            "trainer_preset": PRESET, "fault_overrides": FAULT_OVERRIDES, "long_overrides": LONG_OVERRIDES,
+            "inject_after_step": INJECT_AFTER_STEP, "dist_timeout_s": DIST_TIMEOUT_S,
+            "timeout_margin_s": TIMEOUT_MARGIN_S, "checkpoint_pause_s": CHECKPOINT_PAUSE_S,
+            **{name: role_default("trainer", name) for name in RECOVERY_DEFAULTS},
+        }})
+    yield FaultLab(lab, results, session_tag=started.strftime("%m%d%H%M%S"))
+    results.data["session"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results.write()
+    missing = [case for case in EXPECTED_CASES if case not in results.data["cases"]]
+    if missing:
+        print(f"\n{DOC_FILE.relative_to(REPO)} not rendered: cases {missing} did not run in this session")
+    else:
+        render(RESULTS_FILE, DOC_FILE)
 
 
 class recording:

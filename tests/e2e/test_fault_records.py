@@ -34,7 +34,7 @@ def test_the_expected_cases_are_the_cases_the_tests_record():
 RESULTS = {
     "session": {
         "started": "2026-12-06T10:00:00+00:00", "finished": "2026-12-06T10:18:30+00:00", "commit": "abc1234",
-        "lab": {"name": "e2e-faults", "hosts": 2},
+        "lab": {"name": "e2e", "hosts": 2},
         "machine": {"os": "Debian", "kernel": "6", "cpus": 2, "cpu_model": "x", "memory_gib": 23.5,
                     "docker_engine": "20.10", "python": "3.11"},
         "settings": {"trainer_preset": "smoke", "fault_overrides": {"max_steps": 600}, "long_overrides": {},

@@ -177,6 +177,9 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     run = fault_lab.start(name, REPLICA_OVERRIDES, inventory=inventory.write(tmp_path / "before.yml"))
     run.wait_for_step(MASTER_LOSS_AFTER_STEP)
     run_dir = run.run_dir
+    # What rank 0 had logged just before the loss, for comparison only: the run goes on while the
+    # host is being removed.
+    logged_before = run.latest_step()
     injected_at = now()
     lab.command("remove", lost.rsplit("-", 1)[1])
     # Read after the loss: the step the hosts left reached (a rank cannot get a step ahead of the
@@ -201,7 +204,8 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     assert result.progress_lost_steps <= CHECKPOINT_INTERVAL, result.progress_lost_steps
     first_step = moved.wait_for_step(newest + 1)
     result.recovery_s = seconds_between(injected_at, first_step.at)
-    result.details.update(lost_host=lost, new_master=new_master, steps_reached_by_the_hosts_left=reached,
+    result.details.update(lost_host=lost, new_master=new_master, rank0_logged_before_the_loss=logged_before,
+                          steps_reached_by_the_hosts_left=reached,
                           survivors_checkpoints=survivors, resumed_from_step=newest, rerun_s=rerun_s)
     return {"moved": moved, "summary": summary, "new_master": new_master, "newest": newest, "lost": lost}
 

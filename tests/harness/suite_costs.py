@@ -58,15 +58,16 @@ PARTS = (
          "a fresh site.yml with the network probe trains across two simulated hosts; every cluster and artifact "
          "check (testinfra); a second run changes nothing; --check reports nothing; an external registry; a "
          "third host joins and leaves while the run resumes; teardown leaves nothing"),
-    Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
-         "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
-         "split), every cluster and artifact check, the status of the finished run"),
-    Part("Fault lab", ("tests/e2e/test_faults_bad_input.py", "tests/e2e/test_faults_identity.py",
-                       "tests/e2e/test_faults_probe.py", "tests/e2e/test_faults_processes.py",
-                       "tests/e2e/test_faults_provisioning.py", "tests/e2e/test_faults_replicas.py"),
+    Part("Fault cases, on the two-host lab", ("tests/e2e/test_faults_bad_input.py", "tests/e2e/test_faults_identity.py",
+                                               "tests/e2e/test_faults_probe.py", "tests/e2e/test_faults_processes.py",
+                                               "tests/e2e/test_faults_provisioning.py",
+                                               "tests/e2e/test_faults_replicas.py"),
          "every fault case of docs/RELIABILITY.md (which it writes): bad inputs stop in preflight; refused "
          "settings, corpora and run ids; the probe's limits; five process faults on one run; deployments "
          "beside a training run and its status; hosts added, removed, stopped and lost for good"),
+    Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
+         "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
+         "split), every cluster and artifact check, the status of the finished run"),
     Part("Trainer", ("tests/trainer/",),
          "the model, config, corpus, checkpoints, resume and replicas, the probe and the CLI, with real "
          "2- and 3-rank Gloo groups over loopback (process faults, uneven batches, SIGTERM)"),
@@ -117,7 +118,8 @@ def pytest_sessionfinish(session, exitstatus):
         "pytest_seconds": round(time.time() - _costs.started, 1),
         "bootstrap_seconds": float(os.environ[BOOTSTRAP_SECONDS]) if os.environ.get(BOOTSTRAP_SECONDS) else None,
         "exit_status": int(exitstatus),
-        "files": {path: dict(entry, seconds=round(entry["seconds"], 1)) for path, entry in sorted(_costs.files.items())},
+        "files": {path: dict(entry, seconds=round(entry["seconds"], 1))
+                  for path, entry in sorted(_costs.files.items())},
     }
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(json.dumps(record, indent=2) + "\n")
@@ -147,8 +149,8 @@ def render(record: dict) -> str:
         "come up and go down with it).",
         "",
         f"Costs measured in the full run that finished {record['finished']} (exit status "
-        f"{record['exit_status']}): set-up (`lab/bootstrap.sh` on a fresh clone) {minutes(record['bootstrap_seconds'])}, "
-        f"pytest {minutes(record['pytest_seconds'])}.",
+        f"{record['exit_status']}): set-up (`lab/bootstrap.sh` on a fresh clone) "
+        f"{minutes(record['bootstrap_seconds'])}, pytest {minutes(record['pytest_seconds'])}.",
         "",
         "| part | what it proves | tests | cost | run it alone |",
         "| --- | --- | --- | --- | --- |",
