@@ -3,7 +3,7 @@
 As a pytest plugin (tests/run.sh loads it with `-p harness.suite_costs`) it adds up, per test file,
 how many tests ran and how long they took (setup, call and teardown), and writes
 artifacts/suite-costs.json at the end of the run. When the run was the whole suite, it also copies
-that file to docs/suite-costs.json and renders docs/TESTING.md from it. tests/deploy/test_static.py
+that file to docs/suite-costs.json and renders docs/TESTING.md from it. tests/deploy/test_testing_doc.py
 checks that every test file belongs to exactly one part and that the committed document is the
 rendering of the committed costs, so neither can drift.
 
