@@ -26,7 +26,7 @@ ARTIFACT = REPO / "artifacts" / "suite-costs.json"
 COSTS = REPO / "docs" / "suite-costs.json"
 DOC = REPO / "docs" / "TESTING.md"
 # .ci/run times lab/bootstrap.sh (a fresh machine's set-up) and passes the seconds on.
-BOOTSTRAP_SECONDS = "CHARGPT_BOOTSTRAP_S"
+BOOTSTRAP_SECONDS = "SUITE_BOOTSTRAP_S"
 
 
 @dataclass(frozen=True)
