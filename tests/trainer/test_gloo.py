@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from conftest import child_env, free_port, run_process, torchrun_command
+from conftest import child_env, free_port, leave_like_the_cli, run_process, torchrun_command
 
 STEPS = 300
 
@@ -25,6 +25,7 @@ def train_one_rank(rank: int, world_size: int, port: int, corpus: str, run_dir: 
 
     model = train(corpus, "smoke", run_dir, ["max_steps=12", "eval_interval=6", "checkpoint_interval=6"])
     torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_like_the_cli()
 
 
 def test_ranks_hold_identical_parameters_after_training(corpus_path, tmp_path):

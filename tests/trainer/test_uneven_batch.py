@@ -9,7 +9,7 @@ import os
 import torch
 import torch.multiprocessing as mp
 
-from conftest import free_port
+from conftest import free_port, leave_like_the_cli
 
 CPU = torch.device("cpu")
 # lr 1 and plain SGD without clipping: the step moves each parameter by exactly its gradient (AdamW
@@ -67,6 +67,7 @@ def step_one_rank(rank: int, world_size: int, port: int, corpus_path: str, micro
         torch.save({"parameters": parameters, "loss": loss}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.shutdown()
+    leave_like_the_cli()
 
 
 def test_three_uneven_ranks_step_as_one_process_on_the_same_sequences(corpus_path, tmp_path):
@@ -99,6 +100,7 @@ def train_one_rank(rank: int, world_size: int, port: int, corpus: str, run_dir: 
 
     train(corpus, "smoke", run_dir, ["max_steps=4", "eval_interval=2", "checkpoint_interval=2", "eval_batches=3",
                                      "micro_batch_size=2", "num_threads=1", "sample_chars=10"])
+    leave_like_the_cli()
 
 
 def test_five_ranks_train_the_smoke_batch_of_twelve(corpus_path, tmp_path):
