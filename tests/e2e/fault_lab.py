@@ -23,6 +23,9 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
+
+import pytest
 
 from harness import CORPUS, REPO
 from harness.inventory import Inventory
@@ -150,6 +153,19 @@ def fault_lab_session(shared: Lab) -> Iterator[FaultLab]:
         print(f"\n{DOC_FILE.relative_to(REPO)} not rendered: cases {missing} did not run in this session")
     else:
         render(RESULTS_FILE, DOC_FILE)
+
+
+class InOrder:
+    """For the state of one run that several test functions hit in a fixed order (ORDER): each
+    step fails at once unless the steps before it passed on that run."""
+
+    ORDER: ClassVar[list[str]]
+    passed: list[str]
+
+    def require(self, step: str) -> None:
+        expected = self.ORDER[:self.ORDER.index(step)]
+        if self.passed != expected:
+            pytest.fail(f"{step} needs {expected} to have passed on this run; passed: {self.passed}")
 
 
 class recording:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 import pytest
 
 from .fault_lab import (CHECKPOINT_INTERVAL, CHECKPOINT_PAUSE_S, DIST_TIMEOUT_S, FAULT_OVERRIDES, TIMEOUT_MARGIN_S,
-                        assert_completed, recording)
+                        InOrder, assert_completed, recording)
 from .faults import RESUMED_LINE, STEP_LINE, CaseResult, FaultRun, Recovery, now, on_host, seconds_between
 from .status import FINISHED, status
 
@@ -33,20 +34,15 @@ CHAIN_CASES = ["3", "1", "2", "10b", "4"]
 
 
 @dataclass
-class Chain:
+class Chain(InOrder):
     """The run the five faults hit, and where it stands: the step it last resumed from, the cases
     that passed so far, and each one's record (completed by the last test)."""
 
+    ORDER: ClassVar[list[str]] = CHAIN_CASES
     run: FaultRun
     resumed_from: int = 0
     passed: list[str] = field(default_factory=list)
     results: dict[str, CaseResult] = field(default_factory=dict)
-
-    def require(self, case: str) -> None:
-        """Refuse to go on when an earlier fault of the run was not recovered from."""
-        expected = CHAIN_CASES[:CHAIN_CASES.index(case)]
-        if self.passed != expected:
-            pytest.fail(f"case {case} needs cases {expected} to have passed on this run; passed: {self.passed}")
 
     def wait_for_injection_step(self) -> None:
         """Follow the run to a step halfway between two checkpoints, with a checkpoint of this
@@ -59,9 +55,11 @@ class Chain:
             f"{self.run.run_id} is at step {reached} of {self.run.max_steps}: too late for another fault")
         self.run.wait_for_step(target)
 
-    def recovered(self, result: CaseResult, injected_at: datetime) -> Recovery:
-        """Wait until the run trains again after the fault, record the figures, and check that it
-        resumed from the newest checkpoint written before the restart."""
+    def wait_for_recovery(self, result: CaseResult, injected_at: datetime, timeout: float = 300) -> Recovery:
+        """Wait until the run trains again after the fault, record the figures, and check that the
+        first step after the resume follows it."""
+        resumed, _ = self.run.wait_for(RESUMED_LINE, after=injected_at, timeout=timeout)
+        self.run.wait_for(STEP_LINE, after=resumed.at, timeout=timeout)
         recovery = self.run.recovery(injected_at)
         result.progress_lost_steps = recovery.progress_lost
         result.recovery_s = seconds_between(injected_at, recovery.first_step_at)
@@ -74,11 +72,6 @@ class Chain:
             f"{recovery.first_step_after}")
         self.resumed_from = recovery.resumed_from
         return recovery
-
-    def wait_for_recovery(self, result: CaseResult, injected_at: datetime, timeout: float = 300) -> Recovery:
-        resumed, _ = self.run.wait_for(RESUMED_LINE, after=injected_at, timeout=timeout)
-        self.run.wait_for(STEP_LINE, after=resumed.at, timeout=timeout)
-        return self.recovered(result, injected_at)
 
 
 def describe_recovery(recovery: Recovery, injected_at: datetime) -> dict:

@@ -15,6 +15,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
@@ -23,28 +24,24 @@ from harness.playbook import assert_nothing_changed
 from harness.roles import role_default
 
 from .cluster import WORLD_SIZE_LABEL, Cluster
-from .fault_lab import (LONG_OVERRIDES, assert_refused_another_corpus, changed_corpus, deploy, recording, run_vars,
-                        stop_trainers)
+from .fault_lab import (LONG_OVERRIDES, InOrder, assert_refused_another_corpus, changed_corpus, deploy, recording,
+                        run_vars, stop_trainers)
 from .faults import RESUMED_LINE, STEP_LINE, CaseResult, FaultRun, on_host, snapshot, snapshot_differences
 from .status import RUNNING, status
 
 # Never finishes while the tests run (about 25 steps a second while playbooks take the CPU).
 OVERRIDES = dict(LONG_OVERRIDES, max_steps=20000, checkpoint_interval=250)
-ORDER = ["status", "8e", "5", "7", "killed", "8b"]
+LONG_RUN_STEPS = ["status", "8e", "5", "7", "killed", "8b"]
 
 
 @dataclass
-class LongRun:
+class LongRun(InOrder):
+    ORDER: ClassVar[list[str]] = LONG_RUN_STEPS
     run: FaultRun
     hosts: list[str]
     two_hosts: Inventory
     containers: dict[str, dict] = field(default_factory=dict)
     passed: list[str] = field(default_factory=list)
-
-    def require(self, step: str) -> None:
-        expected = ORDER[:ORDER.index(step)]
-        if self.passed != expected:
-            pytest.fail(f"{step} needs {expected} to have passed on this run; passed: {self.passed}")
 
     def assert_untouched(self) -> None:
         """The same containers, never restarted, and no resume in rank 0's log since the start."""
