@@ -39,3 +39,26 @@ def test_no_recap_is_empty_and_a_line_that_does_not_parse_is_an_error():
     assert parse_recap("ERROR! the playbook could not be found\n") == {}
     with pytest.raises(ValueError, match="does not parse"):
         parse_recap(RECAP.replace("changed=20", "changed=lots"))
+
+
+TASKS = """\
+TASK [trainer : Install the registry] *********************************
+skipping: [node1]
+skipping: [node2]
+
+TASK [trainer : Look for the image on this host] **********************
+ok: [node1]
+changed: [node2 -> localhost]
+
+TASK [trainer : Copy the corpus] **************************************
+skipping: [node1]
+changed: [node2] => (item=input.txt)
+"""
+
+
+def test_tasks_are_read_with_their_hosts_and_results():
+    run = PlaybookRun(["ansible-playbook"], 0, TASKS)
+    assert run.changed_tasks() == ["trainer : Look for the image on this host: node2 -> localhost",
+                                   "trainer : Copy the corpus: node2"]
+    assert run.ran_tasks() == {"trainer : Look for the image on this host", "trainer : Copy the corpus"}
+    assert "trainer : Install the registry: node1" in run.task_results("skipping")

@@ -11,6 +11,9 @@ import json
 import shutil
 import time
 
+import yaml
+
+from harness import REPO
 from harness.inventory import Inventory
 from harness.playbook import assert_nothing_changed, assert_succeeded
 
@@ -27,8 +30,18 @@ def test_second_run_changes_nothing(lab):
     cluster = Cluster(lab.inventory)
     started_at = rank0_started_at(cluster)
     # --diff: when something does change, the log shows what.
-    assert_nothing_changed(lab.playbook("site.yml", "--diff", log_name="site-second-run"))
+    run = lab.playbook("site.yml", "--diff", log_name="site-second-run")
+    assert_nothing_changed(run)
     assert rank0_started_at(cluster) == started_at, "the second run restarted the finished trainer"
+    # Every host holds the image: the registry serves nobody, so none of its tasks runs.
+    registry_tasks = registry_task_names() & run.ran_tasks()
+    assert not registry_tasks, f"the registry's tasks ran with the image on every host: {sorted(registry_tasks)}"
+
+
+def registry_task_names() -> set[str]:
+    tasks = yaml.safe_load((REPO / "roles/trainer/tasks/registry.yml").read_text())
+    names = {task["name"] for task in tasks} | {inner["name"] for task in tasks for inner in task.get("block", [])}
+    return {f"trainer : {name}" for name in names}
 
 
 def test_check_mode_reports_no_change(lab):
@@ -85,12 +98,17 @@ def test_added_host_joins_and_run_resumes(lab, artifacts_dir):
     more_steps = dict(TRAIN_OVERRIDES, max_steps=TRAIN_OVERRIDES["max_steps"] + 40)
 
     lab.command("add")
-    assert_succeeded(lab.playbook("site.yml", "-e", json.dumps({"trainer_overrides": more_steps,
-                                                                "trainer_allow_config_change": ["max_steps"]}),
-                                  log_name="site-third-host"))
+    run = lab.playbook("site.yml", "-e", json.dumps({"trainer_overrides": more_steps,
+                                                     "trainer_allow_config_change": ["max_steps"]}),
+                       log_name="site-third-host")
+    assert_succeeded(run)
 
     cluster = Cluster(lab.inventory)
     assert len(cluster) == 3, f"{lab.inventory} has {cluster.names} after `lab/lab add`"
+    joined = cluster.names[-1]
+    assert f"trainer : Pull the image from the registry: {joined}" in run.changed_tasks(), (
+        f"{joined} did not pull the image from the cluster's registry (log {run.log})")
+    assert "trainer : Wait until the registry answers over mutual TLS" in run.ran_tasks(), run.log
     for check in CHECKS:
         check(cluster)
     for check in ARTIFACT_CHECKS:
