@@ -103,13 +103,15 @@ class FaultLab:
     def cluster(self) -> Cluster:
         return Cluster(self.lab.inventory)
 
-    def start(self, name: str, overrides: dict, environment: dict | None = None,
-              inventory: Path | None = None, settings: dict | None = None) -> FaultRun:
+    def start(self, name: str, overrides: dict, environment: dict | None = None, inventory: Path | None = None,
+              settings: dict | None = None, every_stage: bool = False) -> FaultRun:
         """Start a fresh run (on the lab's inventory, or another one of its hosts): its id carries the
-        session's tag, so that a kept lab never holds it finished."""
+        session's tag, so that a kept lab never holds it finished. every_stage: site.yml provisions
+        the hosts too, in the same run."""
         run_id = f"{name}-{self.session_tag}"
         start_run(self.lab, run_vars(run_id, overrides, environment=environment, settings=settings),
-                  log_name=f"faults-start-{name}", inventory=inventory)
+                  log_name=f"faults-{'site' if every_stage else 'start'}-{name}", inventory=inventory,
+                  every_stage=every_stage)
         run = FaultRun(self.lab, Cluster(inventory) if inventory else self.cluster(), run_id, overrides["max_steps"])
         container = run.container(run.master)
         running = on_host(run.master, "docker", "inspect", "--format",

@@ -199,10 +199,12 @@ class FaultRun:
             first_step_at=first_after[0].at if first_after else None)
 
 
-def start_run(lab: Lab, run_vars: dict, log_name: str, inventory: Path | None = None) -> PlaybookRun:
-    """Start (or leave running) the run that run_vars describe: only the trainer stage and preflight."""
-    run = lab.playbook("site.yml", "--tags", "trainer", "-e", json.dumps(run_vars), log_name=log_name,
-                       inventory=inventory)
+def start_run(lab: Lab, run_vars: dict, log_name: str, inventory: Path | None = None,
+              every_stage: bool = False) -> PlaybookRun:
+    """Start (or leave running) the run that run_vars describe: only the trainer stage and preflight,
+    or every stage where the hosts need provisioning first."""
+    stages = () if every_stage else ("--tags", "trainer")
+    run = lab.playbook("site.yml", *stages, "-e", json.dumps(run_vars), log_name=log_name, inventory=inventory)
     assert_succeeded(run)
     return run
 
