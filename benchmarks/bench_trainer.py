@@ -239,7 +239,8 @@ def profile(args: argparse.Namespace) -> None:
     from chargpt.config import build_config, parse_assignments
     from chargpt.data import load_corpus
     from chargpt.hardware import autocast_context, compute_dtype
-    from chargpt.model import GPT, model_args
+    from chargpt.model import GPT
+    from chargpt.model_config import model_args
     from chargpt.train import build_optimizer, sample_micro_batches, train_step
 
     config = build_config("cpu", parse_assignments([f"num_threads={args.threads}", *args.assignments]), environ={})

@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 from .config import TrainConfig, build_config, parse_assignments
 from .data import Corpus, load_corpus
-from .model import model_args
+from .model_config import model_args
 from .resume import Resume, experiment_id, find_resume_state
 
 

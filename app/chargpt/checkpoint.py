@@ -1,4 +1,6 @@
-"""Atomic files and checkpoints: write to a temp file in the same folder, fsync, rename."""
+"""Atomic files and checkpoints: write to a temp file in the same folder, fsync, rename.
+
+torch is imported only where a checkpoint is saved or loaded, so that `chargpt check` runs without it."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ import os
 import re
 from pathlib import Path
 from typing import Callable
-
-import torch
 
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -54,6 +54,8 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def atomic_save_torch(path: Path, obj, halfway: Callable[[], None] | None = None) -> None:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getbuffer(), halfway)
@@ -108,6 +110,8 @@ def remove_stale_temp_files(run_dir: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:

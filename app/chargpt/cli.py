@@ -8,17 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+# Commands import torch only when they run and need it: check (on every deployment) and --help load none.
 from . import probe
 from .check import check_inputs
 from .checkpoint import UnreadableCheckpoints
 from .config import PRESETS, ConfigError
 from .data import CorpusError
-from .distributed import DistributedError, PeerFailure
 from .faults import FaultInjectionError, refuse_check
+from .network import DistributedError
 from .resume import ResumeError
-from .sample import SampleError, generate_text
-from .stopping import PEER_STOPPED_EXIT, PeerStopped
-from .train import train
 
 EXIT_BAD_INPUT = 2
 EXIT_PEER_FAILURE = 3
@@ -63,7 +61,19 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    train(args.data, args.preset, args.run_dir, args.set)
+    from .distributed import PeerFailure
+    from .stopping import PEER_STOPPED_EXIT, PeerStopped
+    from .train import train
+
+    try:
+        train(args.data, args.preset, args.run_dir, args.set)
+    except (PeerFailure, PeerStopped) as error:
+        # Every rank that sees it says so: the line names the rank.
+        print(f"[chargpt] {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # No interpreter teardown: after a broken collective, Gloo's threads can abort it
+        # ("terminate called without an active exception"), which would hide this exit status.
+        os._exit(EXIT_PEER_FAILURE if isinstance(error, PeerFailure) else PEER_STOPPED_EXIT)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # A rank that trained in a group leaves without interpreter teardown, in which Gloo's
         # threads now and then abort the process ("terminate called without an active
@@ -84,6 +94,8 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def sample_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .sample import SampleError, generate_text
+
     if args.chars < 1:
         parser.error(f"--chars {args.chars} must be at least 1")
     if args.temperature <= 0:
@@ -92,8 +104,11 @@ def sample_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error(f"--top-k {args.top_k} must not be negative")
     if not args.prompt:
         parser.error("--prompt must not be empty")
-    text = generate_text(args.run_dir, args.prompt, args.chars, args.temperature, args.top_k,
-                         args.seed, log=lambda message: print(f"[chargpt] {message}", file=sys.stderr))
+    try:
+        text = generate_text(args.run_dir, args.prompt, args.chars, args.temperature, args.top_k,
+                             args.seed, log=lambda message: print(f"[chargpt] {message}", file=sys.stderr))
+    except SampleError as error:
+        return bad_input(error)
     print(text)
     return 0
 
@@ -109,16 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "probe":
             return probe.run(args)
         return sample_command(args, parser)
-    except (PeerFailure, PeerStopped) as error:
-        # Every rank that sees it says so: the line names the rank.
-        print(f"[chargpt] {error}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        # No interpreter teardown: after a broken collective, Gloo's threads can abort it
-        # ("terminate called without an active exception"), which would hide this exit status.
-        os._exit(EXIT_PEER_FAILURE if isinstance(error, PeerFailure) else PEER_STOPPED_EXIT)
-    except (ConfigError, CorpusError, ResumeError, UnreadableCheckpoints, DistributedError, SampleError,
+    except (ConfigError, CorpusError, ResumeError, UnreadableCheckpoints, DistributedError,
             FaultInjectionError) as error:
-        # Under torchrun every rank gets the same error; one line per host is enough.
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"chargpt: error: {error}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return bad_input(error)
+
+
+def bad_input(error: Exception) -> int:
+    # Under torchrun every rank gets the same error; one line per host is enough.
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"chargpt: error: {error}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT

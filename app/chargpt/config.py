@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Mapping
 
-from .model import GPTConfig
+from .model_config import GPTConfig
 
 ENV_PREFIX = "CHARGPT_"
 

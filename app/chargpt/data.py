@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class CorpusError(ValueError):
@@ -40,14 +43,31 @@ class CharTokenizer:
 
 @dataclass
 class Corpus:
+    """The checked text. Its ids become tensors when training first reads them: `chargpt check`
+    reads the corpus without loading torch."""
     tokenizer: CharTokenizer
-    train: torch.Tensor  # int64 ids
-    val: torch.Tensor
+    text: str
+    train_chars: int  # the first ones train, the rest validate
     sha256: str  # of the file's bytes: what a run's checkpoints were trained on
 
     @property
     def characters(self) -> int:
-        return len(self.train) + len(self.val)
+        return len(self.text)
+
+    @cached_property
+    def ids(self) -> torch.Tensor:
+        """Every character's id, int64."""
+        import torch
+
+        return torch.tensor(self.tokenizer.encode(self.text), dtype=torch.int64)
+
+    @cached_property
+    def train(self) -> torch.Tensor:
+        return self.ids[:self.train_chars]
+
+    @cached_property
+    def val(self) -> torch.Tensor:
+        return self.ids[self.train_chars:]
 
 
 def load_corpus(path: str | Path, block_size: int, val_fraction: float) -> Corpus:
@@ -66,22 +86,22 @@ def load_corpus(path: str | Path, block_size: int, val_fraction: float) -> Corpu
     if "\x00" in text:
         raise CorpusError(f"corpus {path} contains NUL bytes, so it is not UTF-8 text (UTF-16 text has "
                           "them); convert it to UTF-8 or pass a text file")
-    tokenizer = CharTokenizer.from_text(text)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.int64)
-    split = int(len(ids) * (1.0 - val_fraction))
-    train, val = ids[:split], ids[split:]
-    for name, part in (("training", train), ("validation", val)):
+    split = int(len(text) * (1.0 - val_fraction))
+    for name, characters in (("training", split), ("validation", len(text) - split)):
         # A sample needs block_size inputs plus one target.
-        if len(part) <= block_size:
+        if characters <= block_size:
             raise CorpusError(
-                f"corpus {path} is too short: its {name} split has {len(part)} characters but "
+                f"corpus {path} is too short: its {name} split has {characters} characters but "
                 f"block_size={block_size} needs more than that; use a longer corpus or a smaller block_size")
-    return Corpus(tokenizer=tokenizer, train=train, val=val, sha256=hashlib.sha256(raw).hexdigest())
+    return Corpus(tokenizer=CharTokenizer.from_text(text), text=text, train_chars=split,
+                  sha256=hashlib.sha256(raw).hexdigest())
 
 
 def sample_batch(data: torch.Tensor, batch_size: int, block_size: int,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """batch_size random windows of the data: inputs and the next-character targets."""
+    import torch
+
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     windows = data[starts.unsqueeze(1) + torch.arange(block_size + 1)]
     return windows[:, :-1], windows[:, 1:]

@@ -16,7 +16,7 @@ from typing import Callable
 from . import checkpoint
 from .config import RUNTIME_KEYS, TrainConfig
 from .data import Corpus
-from .model import GPTConfig, model_args
+from .model_config import GPTConfig, model_args
 
 
 def experiment_id(config: TrainConfig, corpus_sha256: str) -> str:

@@ -21,7 +21,8 @@ from .data import Corpus, sample_batch
 from .distributed import DistEnv
 from .faults import CheckpointPause, checkpoint_pause
 from .hardware import autocast_context, compute_dtype, configure_torch
-from .model import GPT, model_args
+from .model import GPT
+from .model_config import model_args
 from .outputs import METRICS_FILE, parse_metrics, plot_losses, read_metrics, write_final_model
 from .progress import previous_starts, write_progress
 from .replicas import agree_on_resume
@@ -456,6 +457,7 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
     # Every rank checks what its host's run directory holds before anyone joins the group.
     inputs = check_inputs(data, preset, assignments, env.world_size, Path(run_dir), warn)
     config, corpus, resume = inputs.config, inputs.corpus, inputs.resume
+    corpus.ids  # the corpus as tensors now, not within the first step's time
     device = distributed.choose_device(config.device, env)
     distributed.init_process_group(env, device, config.dist_timeout_s,
                                    log=log if env.local_rank == 0 else (lambda message: None))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import pytest
 
 from chargpt.cli import main
 from chargpt.config import build_config
-from chargpt.model import GPT, model_args
+from chargpt.model import GPT
+from chargpt.model_config import model_args
 from chargpt.resume import experiment_id
 from conftest import chargpt_command, run_process, snapshot
 
@@ -50,6 +52,26 @@ def test_json_holds_the_resolved_config_the_corpus_and_the_resume_step(capsys, m
         "config": config.to_dict(), "corpus_sha256": digest, "corpus_chars": 200_000,
         "world_size": 2, "resume_step": None, "experiment": experiment_id(config, digest),
         "gradient_bytes": 4 * parameters}
+
+
+# Runs chargpt as `python -m chargpt` does, then looks whether torch was imported.
+WITHOUT_TORCH = """
+import runpy, sys
+sys.argv = ["chargpt", *sys.argv[1:]]
+try:
+    runpy.run_module("chargpt", run_name="__main__")
+except SystemExit as stop:
+    assert not stop.code, stop.code
+assert "torch" not in sys.modules, "chargpt imported torch"
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "--help"])
+def test_check_and_help_run_without_torch(corpus_path, command):
+    """The preflight runs check on every deployment; importing torch would take most of its time."""
+    args = ["check", "--data", str(corpus_path), "--preset", "smoke", "--world-size", "2", "--json"]
+    result = run_process([sys.executable, "-c", WITHOUT_TORCH, *(args if command == "check" else ["--help"])])
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_experiment_id_follows_the_corpus_and_the_training_settings_only():

@@ -70,11 +70,11 @@ def test_stale_temp_files_are_removed(tmp_path):
 def test_a_checkpoint_from_before_the_activation_setting_counts_as_gelu(tmp_path):
     from chargpt.config import build_config
     from chargpt.data import CharTokenizer, Corpus
-    from chargpt.model import model_args
+    from chargpt.model_config import model_args
     from chargpt.resume import ResumeError, find_resume_state
 
     tokenizer = CharTokenizer(["a", "b"])
-    corpus = Corpus(tokenizer, torch.zeros(0), torch.zeros(0), sha256="0" * 64)
+    corpus = Corpus(tokenizer, text="", train_chars=0, sha256="0" * 64)
     config = build_config("smoke", environ={})
     saved_args = model_args(config, tokenizer.vocab_size).__dict__
     del saved_args["activation"]  # as written before the setting existed

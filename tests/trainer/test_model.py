@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from chargpt.config import PRESETS, build_config
-from chargpt.model import GPT, GPTConfig, model_args
+from chargpt.model import GPT
+from chargpt.model_config import GPTConfig, model_args
 
 
 def small_model(**overrides) -> GPT:

@@ -7,7 +7,7 @@ import pytest
 from chargpt import checkpoint
 from chargpt.config import RUNTIME_KEYS, build_config
 from chargpt.data import load_corpus
-from chargpt.model import model_args
+from chargpt.model_config import model_args
 from chargpt.resume import ResumeError, find_resume_state
 
 TEXT = "to be, or not to be: that is the question.\n" * 40
