@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Commands import torch only when they run and need it: check (on every deployment) and --help load none.
@@ -130,7 +131,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bad_input(error: Exception) -> int:
-    # Under torchrun every rank gets the same error; one line per host is enough.
-    if os.environ.get("LOCAL_RANK", "0") == "0":
+    if first_to_report_on_this_host():
         print(f"chargpt: error: {error}", file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
+
+
+def first_to_report_on_this_host() -> bool:
+    """Under torchrun every local rank meets the same bad input, and one line per host is enough.
+    The first rank to get here says it: torchrun stops the others as soon as one exits, so a rank
+    chosen in advance could be stopped before it says anything."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return True
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    marker = Path(tempfile.gettempdir()) / f"chargpt-reported-{run_id}-{attempt}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True

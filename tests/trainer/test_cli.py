@@ -97,6 +97,19 @@ def test_a_batch_smaller_than_the_world_fails_before_the_process_group(corpus_pa
     assert not run_dir.exists()
 
 
+def test_whichever_local_rank_meets_bad_input_first_says_it_once(corpus_path, tmp_path):
+    """torchrun stops the other ranks when one exits: the first to fail reports for the host, even
+    when it is not local rank 0, and a rank after it stays silent."""
+    torchrun = {"TORCHELASTIC_RUN_ID": f"test-{tmp_path.name}", "TORCHELASTIC_RESTART_COUNT": "0"}
+    command = chargpt_command("train", "--data", str(corpus_path), "--preset", "giant", "--run-dir",
+                              str(tmp_path / "run"))
+    first = run_process(command, LOCAL_RANK="1", **torchrun)
+    second = run_process(command, LOCAL_RANK="0", **torchrun)
+    assert (first.returncode, second.returncode) == (2, 2), first.stderr + second.stderr
+    assert first.stderr.count("chargpt: error: unknown preset 'giant'") == 1, first.stderr
+    assert "chargpt: error" not in second.stderr, second.stderr
+
+
 def test_a_finished_run_resumed_again_changes_nothing_but_the_outputs(finished_run, corpus_path):
     result = run_process(chargpt_command("train", "--data", str(corpus_path), "--preset", "smoke",
                                          "--run-dir", str(finished_run)))
