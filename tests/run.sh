@@ -19,7 +19,9 @@ for arg in "$@"; do
     if [[ -e "${arg%%::*}" ]]; then targets=(); break; fi
 done
 # harness.suite_costs records what each test file cost (docs/TESTING.md); tests/ makes it importable.
-PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}" python -m pytest -p harness.suite_costs -ra "${targets[@]}" "$@" ||
+# --durations: the slowest tests of the run, the first place to look when the suite grows.
+PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}" python -m pytest -p harness.suite_costs -ra --durations=30 \
+    "${targets[@]}" "$@" ||
     status=$?
 echo "tests/run.sh: pytest finished in $((SECONDS - start)) s with exit status $status" >&2
 if ((status == 5)); then

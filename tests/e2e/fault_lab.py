@@ -110,7 +110,7 @@ class FaultLab:
         the hosts too, in the same run."""
         run_id = f"{name}-{self.session_tag}"
         start_run(self.lab, run_vars(run_id, overrides, environment=environment, settings=settings),
-                  log_name=f"faults-{'site' if every_stage else 'start'}-{name}", inventory=inventory,
+                  log_name=f"faults-{'provision-and-start' if every_stage else 'start'}-{name}", inventory=inventory,
                   every_stage=every_stage)
         run = FaultRun(self.lab, Cluster(inventory) if inventory else self.cluster(), run_id, overrides["max_steps"])
         container = run.container(run.master)
