@@ -50,6 +50,9 @@ INJECT_AFTER_STEP = 75
 # Runs that must outlast a playbook run (the re-run case, the unreachable host case).
 LONG_OVERRIDES = dict(FAULT_OVERRIDES, max_steps=2000, log_interval=10, checkpoint_interval=500,
                       eval_interval=500)
+# How long a trainer that must stay stopped is watched for its supervisor starting it again: the
+# unit restarts it trainer_supervisor_restart_sec after it exits; two of those and a margin.
+SUPERVISOR_WATCH_S = 2 * int(role_default("trainer", "trainer_supervisor_restart_sec")) + 2
 BASE_RUN = {"run_id": "faults-base", "overrides": {"max_steps": 20, "eval_interval": 10, "checkpoint_interval": 10}}
 DIST_TIMEOUT_S = 20
 # How much later than dist_timeout_s after the pause rank 0 may report the timeout.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from .fault_lab import (BASE_RUN, assert_refused_another_corpus, changed_corpus, deploy, recording, run_vars,
-                        stop_trainers)
+from .fault_lab import (BASE_RUN, SUPERVISOR_WATCH_S, assert_refused_another_corpus, changed_corpus, deploy,
+                        recording, run_vars, stop_trainers)
 from .faults import CaseResult, FaultRun, on_host
 from .status import FAILED, status
 
@@ -20,8 +20,6 @@ REFUSAL = "fault injection: max_step is not a setting"
 LITERAL = "cost $5, ${HOME} and $$ stay"
 # How long a refused deployment may take to fail (the wait for a start is 600 s by default).
 REFUSED_WITHIN_S = 180
-# How long the refused container is watched for a restart.
-WATCH_S = 20
 
 
 def container_states(run: FaultRun, host: str) -> dict:
@@ -45,7 +43,7 @@ def test_a_setting_only_the_trainer_judges_ends_the_deployment_at_once(fault_lab
         assert REFUSAL in playbook.text, f"the trainer's line is not in site.yml's output (log {playbook.log})"
         assert "did not join the group" in playbook.text, playbook.tail(30)
         before = {host: container_states(run, host) for host in run.cluster.names}
-        time.sleep(WATCH_S)
+        time.sleep(SUPERVISOR_WATCH_S)
         after = {host: container_states(run, host) for host in run.cluster.names}
         result.details["containers"] = after
         for host, state in after.items():
@@ -55,7 +53,8 @@ def test_a_setting_only_the_trainer_judges_ends_the_deployment_at_once(fault_lab
         messages = playbook.failure_messages()
         result.progress_lost_steps = 0
         result.outcome = (f"exit {playbook.returncode} after {took} s with the trainer's line "
-                          f"({messages[0][:120] if messages else '-'}); no trainer started again in {WATCH_S} s")
+                          f"({messages[0][:120] if messages else '-'}); no trainer started again in "
+                          f"{SUPERVISOR_WATCH_S} s")
 
     with recording(fault_lab, CaseResult("8d", "a value with `$` in trainer_environment", "")) as result:
         env = fault_lab.cluster().trainer_container(run.master).env

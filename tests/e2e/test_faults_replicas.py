@@ -20,7 +20,8 @@ from harness.inventory import Inventory
 from harness.playbook import assert_succeeded
 
 from .cluster import Cluster
-from .fault_lab import CHECKPOINT_INTERVAL, FAULT_OVERRIDES, INJECT_AFTER_STEP, assert_completed, recording, run_vars
+from .fault_lab import (CHECKPOINT_INTERVAL, FAULT_OVERRIDES, INJECT_AFTER_STEP, SUPERVISOR_WATCH_S, assert_completed,
+                        recording, run_vars)
 from .faults import CaseResult, FaultRun, now, on_host, seconds_between
 from .status import STOPPED, status
 
@@ -29,8 +30,6 @@ REPLICA_OVERRIDES = dict(FAULT_OVERRIDES, keep_checkpoints=20)
 # A run that still trains after two playbook runs that change the cluster; it ends with docker stop.
 ADD_REMOVE_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=20000, log_interval=10, checkpoint_interval=250,
                             eval_interval=500)
-# How long the test watches a container stopped on request for its supervisor starting it again.
-SUPERVISOR_WATCH_S = 15
 # Far enough into the run that two checkpoints exist before the master dies.
 MASTER_LOSS_AFTER_STEP = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
 
