@@ -140,11 +140,16 @@ def first_to_report_on_this_host() -> bool:
     """Under torchrun every local rank meets the same bad input, and one line per host is enough.
     The first rank to get here says it: torchrun stops the others as soon as one exits, so a rank
     chosen in advance could be stopped before it says anything."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id is None:
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return True
+    # The ranks of one attempt share their parent, torchrun's agent: its PID and start time name it
+    # (a run id does not: torchrun's default is "none", the same for every launch).
+    try:
+        agent_started = Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
         return True
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    marker = Path(tempfile.gettempdir()) / f"chargpt-reported-{run_id}-{attempt}"
+    marker = Path(tempfile.gettempdir()) / f"chargpt-reported-{os.getppid()}-{agent_started}-{attempt}"
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
