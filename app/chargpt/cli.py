@@ -144,12 +144,13 @@ def first_to_report_on_this_host() -> bool:
         return True
     # The ranks of one attempt share their parent, torchrun's agent: its PID and start time name it
     # (a run id does not: torchrun's default is "none", the same for every launch).
+    agent = os.getppid()
     try:
-        agent_started = Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        agent_started = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except OSError:
         return True
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    marker = Path(tempfile.gettempdir()) / f"chargpt-reported-{os.getppid()}-{agent_started}-{attempt}"
+    marker = Path(tempfile.gettempdir()) / f"chargpt-reported-{agent}-{agent_started}-{attempt}"
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:

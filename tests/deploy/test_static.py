@@ -10,6 +10,8 @@ import subprocess
 import pytest
 import yaml
 
+from harness.roles import role_task_names
+
 from .helpers import REPO, ansible_env, tool
 
 ROLES = ["cluster", "validate_inventory", "docker", "swarm", "overlay_network", "trainer"]
@@ -202,8 +204,7 @@ def listed_tasks(*args: str) -> list[str]:
 
 
 def test_the_network_probe_is_on_by_default_and_skipped_by_its_tag():
-    probe = yaml.safe_load((REPO / "roles" / "trainer" / "tasks" / "probe.yml").read_text())
-    names = [f"trainer : {task['name']}" for entry in probe for task in entry.get("block", [entry])]
+    names = role_task_names("trainer", "probe.yml")
     everything, skipped = listed_tasks(), listed_tasks("--skip-tags", "network_probe")
 
     def probe_tasks(lines):

@@ -11,11 +11,9 @@ import json
 import shutil
 import time
 
-import yaml
-
-from harness import REPO
 from harness.inventory import Inventory
 from harness.playbook import assert_nothing_changed, assert_succeeded
+from harness.roles import role_task_names
 
 from .checks import ARTIFACT_CHECKS, CHECKS, check_trainers_exited_zero, check_world_size
 from .cluster import INVENTORY_HOST_LABEL, RUN_ID_LABEL, Cluster
@@ -34,14 +32,8 @@ def test_second_run_changes_nothing(lab):
     assert_nothing_changed(run)
     assert rank0_started_at(cluster) == started_at, "the second run restarted the finished trainer"
     # Every host holds the image: the registry serves nobody, so none of its tasks runs.
-    registry_tasks = registry_task_names() & run.ran_tasks()
+    registry_tasks = set(role_task_names("trainer", "registry.yml")) & run.ran_tasks()
     assert not registry_tasks, f"the registry's tasks ran with the image on every host: {sorted(registry_tasks)}"
-
-
-def registry_task_names() -> set[str]:
-    tasks = yaml.safe_load((REPO / "roles/trainer/tasks/registry.yml").read_text())
-    names = {task["name"] for task in tasks} | {inner["name"] for task in tasks for inner in task.get("block", [])}
-    return {f"trainer : {name}" for name in names}
 
 
 def test_check_mode_reports_no_change(lab):

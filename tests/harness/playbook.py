@@ -69,23 +69,23 @@ class PlaybookRun:
         """{host: changed} for the hosts of the recap that reported a change."""
         return {host: counts["changed"] for host, counts in self.recap.items() if counts["changed"]}
 
-    def task_results(self, *statuses: str) -> list[str]:
-        """'task name: host' for each host result of one of statuses ("ok", "changed", "skipping", ...)."""
+    def task_results(self, *statuses: str) -> list[tuple[str, str]]:
+        """(task name, host) for each host result of one of statuses ("ok", "changed", "skipping", ...)."""
         results, task = [], "?"
         for line in self.output.splitlines():
             if line.startswith("TASK ["):
                 task = line[6:line.rfind("]")]
             elif any(line.startswith(f"{status}: [") for status in statuses):
-                results.append(f"{task}: {line[line.index('[') + 1:line.index(']')]}")
+                results.append((task, line[line.index("[") + 1:line.index("]")]))
         return results
 
     def changed_tasks(self) -> list[str]:
         """'task name: host' for each task that reported a change."""
-        return self.task_results("changed")
+        return [f"{task}: {host}" for task, host in self.task_results("changed")]
 
     def ran_tasks(self) -> set[str]:
         """The names of the tasks that ran on at least one host (ok or changed, not skipped)."""
-        return {result.rsplit(": ", 1)[0] for result in self.task_results("ok", "changed")}
+        return {task for task, _ in self.task_results("ok", "changed")}
 
     def failure_messages(self) -> list[str]:
         """The distinct messages of the failed tasks (Ansible's "[ERROR]: Task failed: ..." lines). A

@@ -34,6 +34,13 @@ def role_defaults(role: str) -> dict:
     return yaml.safe_load((ROLES_DIR / role / "defaults" / "main.yml").read_text()) or {}
 
 
+def role_task_names(role: str, tasks_file: str) -> list[str]:
+    """The tasks of roles/<role>/tasks/<tasks_file> as ansible-playbook names them ("role : name"),
+    the tasks inside a block in place of the block."""
+    entries = yaml.safe_load((ROLES_DIR / role / "tasks" / tasks_file).read_text())
+    return [f"{role} : {task['name']}" for entry in entries for task in entry.get("block", [entry])]
+
+
 def role_default(role: str, name: str):
     """A default of a role, with "{{ other_default }}" references rendered; the defaults of every role
     are the context. A default that needs Ansible (facts, groups, lookups, its filters) is refused."""

@@ -100,7 +100,8 @@ def test_a_batch_smaller_than_the_world_fails_before_the_process_group(corpus_pa
 def test_whichever_local_rank_meets_bad_input_first_says_it_once(corpus_path, tmp_path):
     """torchrun stops the other ranks when one exits: the first to fail reports for the host, even
     when it is not local rank 0, and a rank after it stays silent."""
-    torchrun = {"TORCHELASTIC_RUN_ID": f"test-{tmp_path.name}", "TORCHELASTIC_RESTART_COUNT": "0"}
+    # torchrun's own default run id, the same for every launch: it must not name the report.
+    torchrun = {"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "0"}
     command = chargpt_command("train", "--data", str(corpus_path), "--preset", "giant", "--run-dir",
                               str(tmp_path / "run"))
     first = run_process(command, LOCAL_RANK="1", **torchrun)
