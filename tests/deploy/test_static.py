@@ -70,7 +70,11 @@ def test_site_checks_before_it_changes_anything():
         plays = yaml.safe_load((REPO / "playbooks" / "stages" / f"{stage}.yml").read_text())
         assert all(play.get("any_errors_fatal") for play in plays), f"{stage}: a failed host must stop every host"
         assert not any(play["gather_facts"] for play in plays), f"{stage}: the preflight gathered the facts once"
-    assert preflight[0]["gather_facts"] is True
+    # The facts are gathered once, by the preflight, after the checks that need no host.
+    tasks = preflight[0]["tasks"]
+    gathers = [number for number, task in enumerate(tasks) if "ansible.builtin.setup" in task]
+    assert preflight[0]["gather_facts"] is False and len(gathers) == 1, tasks
+    assert [task["ansible.builtin.import_role"]["tasks_from"] for task in tasks[:gathers[0]]] == ["validate"], tasks
 
 
 @pytest.mark.parametrize("stage", STAGES)
