@@ -35,7 +35,7 @@ from harness.roles import role_default
 from .cluster import RUN_ID_LABEL, Cluster
 from .faults import RESULTS_FILE, CaseResult, FaultRun, Results, on_host, start_run
 from .lab import LAB_NAME, Lab, timed
-from .reliability import DOC_FILE, render
+from .reliability import DOC_FILE, RECOVERY_SETTINGS, render
 
 PRESET = "smoke"
 # The smoke model with a bigger batch and context: about 60 ms a step on 2 cores, so that a fault
@@ -62,8 +62,6 @@ CHECKPOINT_PAUSE_S = 45
 # CaseResult(...) of the test files): docs/RELIABILITY.md is rendered only when all of them ran.
 EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "7",
                   "8a", "8b", "8c", "8d", "8e", "10a", "10b", "10c", "10d"]
-# The role defaults that decide how a run recovers, recorded with the results.
-RECOVERY_DEFAULTS = ["trainer_torchrun_max_restarts", "trainer_supervisor_restart_sec"]
 
 
 def run_vars(run_id: str, overrides: dict, wait: bool = False, environment: dict | None = None,
@@ -148,7 +146,8 @@ def fault_lab_session(shared: Lab) -> Iterator[FaultLab]:
             "trainer_preset": PRESET, "fault_overrides": FAULT_OVERRIDES, "long_overrides": LONG_OVERRIDES,
             "inject_after_step": INJECT_AFTER_STEP, "dist_timeout_s": DIST_TIMEOUT_S,
             "timeout_margin_s": TIMEOUT_MARGIN_S, "checkpoint_pause_s": CHECKPOINT_PAUSE_S,
-            **{name: role_default("trainer", name) for name in RECOVERY_DEFAULTS},
+            # What decides how a run recovers: the lab inventory's value, else the role's default.
+            **{name: inventory.all_vars.get(name, role_default("trainer", name)) for name in RECOVERY_SETTINGS},
         }})
     yield FaultLab(lab, results, session_tag=started.strftime("%m%d%H%M%S"))
     results.data["session"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -15,6 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DOC_FILE = REPO / "docs" / "RELIABILITY.md"
 DEFAULT_RESULTS = REPO / "artifacts" / "reliability" / "faults.json"
+# The trainer role's settings that decide how a run recovers, recorded with the results.
+RECOVERY_SETTINGS = ["trainer_torchrun_max_restarts", "trainer_supervisor_restart_sec", "trainer_stop_grace_period"]
 
 
 def cell(value) -> str:
@@ -48,13 +50,13 @@ def render_text(data: dict) -> str:
         "",
         "Settings: preset `{preset}` with `{overrides}` for the fault runs (`{long}` for the runs that must outlast a "
         "playbook run); faults injected halfway between two checkpoints, at step {inject} or the first such step after site.yml returned; `dist_timeout_s` {timeout} in case 4 (allowed margin "
-        "{margin} s); rank 0 paused {pause} s mid-checkpoint in case 3; role defaults "
-        "`trainer_torchrun_max_restarts` {restarts}, `trainer_supervisor_restart_sec` {restart_sec}.".format(
+        "{margin} s); rank 0 paused {pause} s mid-checkpoint in case 3; recovery settings (the lab inventory's, else "
+        "the role's defaults) {recovery}.".format(
             preset=settings["trainer_preset"], overrides=json.dumps(settings["fault_overrides"]),
             long=json.dumps(settings["long_overrides"]), inject=settings["inject_after_step"],
             timeout=settings["dist_timeout_s"], margin=settings["timeout_margin_s"],
-            pause=settings["checkpoint_pause_s"], restarts=settings["trainer_torchrun_max_restarts"],
-            restart_sec=settings["trainer_supervisor_restart_sec"]),
+            pause=settings["checkpoint_pause_s"],
+            recovery=", ".join(f"`{name}` {settings[name]}" for name in RECOVERY_SETTINGS if name in settings)),
         "",
         *chain_sentence(settings),
         "*Progress lost*: the last step any rank reached before the restart minus the step the run resumed "

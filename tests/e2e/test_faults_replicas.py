@@ -19,6 +19,7 @@ import torch
 from harness.inventory import Inventory
 from harness.playbook import assert_succeeded
 
+from .checks import TRAINING_CHECKS
 from .cluster import Cluster
 from .fault_lab import (CHECKPOINT_INTERVAL, FAULT_OVERRIDES, INJECT_AFTER_STEP, SUPERVISOR_WATCH_S, assert_completed,
                         recording, run_vars)
@@ -94,6 +95,10 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
                                json.dumps(run_vars("faults-add-remove-provision", REPLICA_OVERRIDES)),
                                log_name="faults-site-provision-third-host")
     assert_succeeded(provisioned)
+    # The image reached the new host from the cluster's registry, over mutual TLS.
+    assert f"trainer : Pull the image from the registry: {joining}" in provisioned.changed_tasks(), (
+        f"{joining} did not pull the image from the cluster's registry (log {provisioned.log})")
+    assert "trainer : Wait until the registry answers over mutual TLS" in provisioned.ran_tasks(), provisioned.log
     overrides = ADD_REMOVE_OVERRIDES
     with recording(fault_lab, CaseResult("10a", "a third host (empty disk) added to a training run by site.yml, "
                                                 "then removed again, then docker stop of the trainers", "")) as result:
@@ -112,6 +117,9 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         joined_copy = fetch_checkpoint(joining, run.run_dir, resumed, tmp_path)
         assert not differences(master_copy, joined_copy), (
             f"{joining}'s copy of checkpoint {resumed} differs: {differences(master_copy, joined_copy)[:5]}")
+        # The host that joined is a host of the cluster like the others.
+        for check in TRAINING_CHECKS:
+            check(Cluster(lab.inventory))
 
         started = now()
         assert run.summary() is None, f"{run.run_id} finished before the host was removed: raise max_steps"
@@ -121,7 +129,11 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         resumed_again = assert_no_step_lost(run, world_size=2)
         result.details.update(removed_at_step=resumed_again,
                               remove_recovery_s=first_step_after(run, resumed_again, started))
-        # The host that left still runs the old world's trainer, which can never join again.
+        # The host that left still runs the old world's trainer (world size 3), which cannot take a
+        # place in the group of 2 nor finish a run.
+        stray = json.loads(on_host(joining, "docker", "inspect", "--format", "{{json .State}}",
+                                   joining_container).stdout)
+        assert stray["Running"] or stray["ExitCode"] != 0, f"the stray trainer on {joining} finished: {stray}"
         on_host(joining, "sh", "-c", f"systemctl stop '*-trainer.service'; docker rm -f {joining_container}",
                 check=False)
 
@@ -160,6 +172,12 @@ def checkpoint_steps(host: str, run_dir: str) -> list[int]:
 def progress_step(host: str, run_dir: str) -> int:
     """The last step host's first training process logged (its progress file: every step is logged)."""
     return json.loads(on_host(host, "cat", f"{run_dir}/progress.json").stdout)["step"]
+
+
+def join_tokens(manager: str) -> dict[str, str]:
+    """The swarm's current join tokens, read on a manager (they stay in this test)."""
+    return {role: on_host(manager, "docker", "swarm", "join-token", "--quiet", role).stdout.strip()
+            for role in ("worker", "manager")}
 
 
 def swarm_cluster_id(host: str) -> str:
@@ -243,13 +261,18 @@ def test_master_host_lost_for_good_with_three_managers(fault_lab, tmp_path):
         new_swarm = swarm_cluster_id(measured["new_master"])
         result.details.update(swarm_before=old_swarm, swarm_after=new_swarm)
         assert new_swarm == old_swarm, "the swarm kept its quorum but was replaced"
-        # The dead manager's node stays listed (down) until teardown prunes it: demoted, then removed.
+        # The dead manager's node stays listed (down) until teardown prunes it: demoted, then removed;
+        # then no join token a removed host may have kept works any more.
+        tokens_before = join_tokens(measured["new_master"])
         pruned = fault_lab.lab.playbook("playbooks/teardown.yml", "--tags", "swarm",
                                         inventory=tmp_path / "after.yml", log_name="faults-teardown-prune-lost-manager")
         assert_succeeded(pruned)
         nodes = on_host(measured["new_master"], "docker", "node", "ls", "--format", "{{.Hostname}}").stdout.split()
         result.details["swarm_nodes_after_prune"] = nodes
         assert measured["lost"] not in nodes, f"the lost manager's node is still in the swarm: {nodes}"
+        tokens_after = join_tokens(measured["new_master"])
+        assert all(tokens_after[role] != tokens_before[role] for role in tokens_before), (
+            "the join tokens were not rotated after a node was removed")
         result.outcome = (f"the swarm kept its quorum (2 of 3 managers) and its ID; {measured['new_master']} took "
                           f"over as master, the trainers resumed at world size 2 from step {measured['newest']}; "
                           f"completed {measured['summary']['final_step']} steps")
