@@ -3,6 +3,7 @@ names the problem and the fix, before any host changes (here: hosts that are thi
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -27,6 +28,23 @@ def assert_stopped(result: PlaybookRun, *fragments: str) -> None:
     # Nothing but the preflight play ran, and it changed nothing.
     assert text.count("PLAY [") == 1, text
     assert result.recap and not result.changed_hosts(), result.recap
+
+
+def in_rounds(cases: list[tuple]) -> list[list[tuple]]:
+    """Cases (setting, value, ...) grouped so that no setting is twice in a round: one preflight run
+    sets every setting of a round wrong at once, and the check, which loops over the settings, must
+    name each of them."""
+    rounds: list[list[tuple]] = []
+    for case in cases:
+        free = next((round_ for round_ in rounds if case[0] not in [other[0] for other in round_]), None)
+        if free is None:
+            rounds.append(free := [])
+        free.append(case)
+    return rounds
+
+
+def round_id(cases: list[tuple]) -> str:
+    return "+".join(f"{case[0]}={case[1]}" for case in cases)
 
 
 def test_a_good_inventory_passes(tmp_path):
@@ -71,11 +89,15 @@ def test_bad_ranks(tmp_path, ranks, shown):
                    "The node ranks", shown, "must be 0..2, each once, with the master at 0")
 
 
-@pytest.mark.parametrize("name, value, expected", [
-    ("cluster_nproc_per_node", 0, "an integer of at least 1"),
+def test_processes_per_node_out_of_range(tmp_path):
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {"cluster_nproc_per_node": 0}}),
+                   "cluster_nproc_per_node is", "on node2; it must be", "an integer of at least 1")
+
+
+OUT_OF_RANGE = [
     ("trainer_master_port", 70000, "an integer from 1 to 65535"),
     ("trainer_overrides", "max_steps=5", "a mapping"),
-    ("trainer_gpus", "some", 'or "all"'),
+    ("trainer_gpus", "some", 'an integer of at least 0, or "all"'),
     ("trainer_torchrun_max_restarts", -1, "an integer of at least 0"),
     ("trainer_torchrun_join_timeout_s", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
@@ -84,10 +106,13 @@ def test_bad_ranks(tmp_path, ranks, shown):
     ("trainer_cpus", "two", 'a number of CPUs above 0 such as "2"'),
     ("trainer_cpus", "0", 'a number of CPUs above 0 such as "2"'),
     ("trainer_tmp_size", "lots", 'a size such as "512m"'),
-])
-def test_values_out_of_range(tmp_path, name, value, expected):
-    assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value}}),
-                   f"{name} is", "on node2; it must be", expected)
+]
+
+
+@pytest.mark.parametrize("cases", in_rounds(OUT_OF_RANGE), ids=round_id)
+def test_values_out_of_range(tmp_path, cases):
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {name: value for name, value, _ in cases}}),
+                   *[f"{name} is {json.dumps(value)} on node2; it must be {expected}" for name, value, expected in cases])
 
 
 @pytest.mark.parametrize("name, value, kind", [
@@ -104,14 +129,13 @@ def test_wrong_types_are_refused_by_the_argument_specs(tmp_path, name, value, ki
                    f"unable to convert to {kind}")
 
 
-@pytest.mark.parametrize("old, new", [
-    ("trainer_node_rank", "set cluster_node_rank instead"),
-    ("trainer_nproc_per_node", "set cluster_nproc_per_node instead"),
-    ("overlay_network_name", "set cluster_overlay_network instead"),
-    ("trainer_restart_max_retries", "the trainer's supervisor unit restarts it"),
-])
-def test_a_setting_under_its_old_name_is_refused(tmp_path, old, new):
-    assert_stopped(preflight(tmp_path, host_vars={"node2": {old: 1}}), f"{old} is no setting any more: {new}")
+def test_settings_under_their_old_names_are_refused(tmp_path):
+    renamed = {"trainer_node_rank": "set cluster_node_rank instead",
+               "trainer_nproc_per_node": "set cluster_nproc_per_node instead",
+               "overlay_network_name": "set cluster_overlay_network instead",
+               "trainer_restart_max_retries": "the trainer's supervisor unit restarts it"}
+    assert_stopped(preflight(tmp_path, host_vars={"node2": dict.fromkeys(renamed, 1)}),
+                   *[f"{old} is no setting any more: {new}" for old, new in renamed.items()])
 
 
 def test_values_the_argument_specs_convert_work(tmp_path):
@@ -130,15 +154,13 @@ def test_encrypted_overlay_without_kernel_support(tmp_path):
                    "set overlay_network_encrypted: false")
 
 
-@pytest.mark.parametrize("environment, shown", [
-    ({"1BAD": "x"}, '["1BAD"] are not variable names'),
-    ({"NODE_RANK": 3}, '["NODE_RANK"] are set by the role itself'),
-    ({"OMP_NUM_THREADS": [2]}, 'the values of ["OMP_NUM_THREADS"] are not strings or numbers'),
-    ({"CHARGPT_MAX_STEPS": 10}, '["CHARGPT_MAX_STEPS"] are trainer config keys (set them in trainer_overrides'),
-])
-def test_bad_trainer_environment(tmp_path, environment, shown):
+def test_bad_trainer_environment(tmp_path):
+    environment = {"1BAD": "x", "NODE_RANK": 3, "OMP_NUM_THREADS": [2], "CHARGPT_MAX_STEPS": 10}
     assert_stopped(preflight(tmp_path, group_vars={"trainer_environment": environment}),
-                   "trainer_environment on node1 is wrong", shown, "fix these entries in the inventory")
+                   "trainer_environment on node1 is wrong", '["1BAD"] are not variable names',
+                   '["NODE_RANK"] are set by the role itself', 'the values of ["OMP_NUM_THREADS"] are not strings or numbers',
+                   '["CHARGPT_MAX_STEPS"] are trainer config keys (set them in trainer_overrides',
+                   "fix these entries in the inventory")
 
 
 @pytest.mark.parametrize("overrides, shown", [
@@ -259,16 +281,19 @@ def test_an_allowed_change_of_a_shape_key(tmp_path):
                    "allow_config_change names n_embd, which set the model's shape")
 
 
-@pytest.mark.parametrize("name, value, shown", [
-    ("trainer_run_id", "../escape", 'trainer_run_id is "../escape"'),
-    ("trainer_run_id", "a b", 'trainer_run_id is "a b"'),
-    ("trainer_run_id", "x;reboot", 'trainer_run_id is "x;reboot"'),
-    ("trainer_supervisor_unit", "x.service; rm -rf /", "trainer_supervisor_unit is"),
+# The cluster's names are judged by validate_inventory, before the trainer's.
+UNSAFE_CLUSTER_NAMES = [
     ("cluster_name", "Chargpt Prod", 'cluster_name is "Chargpt Prod"'),
-    ("cluster_name", "$(reboot)", "cluster_name is"),
+    ("cluster_name", "$(reboot)", 'cluster_name is "$(reboot)"'),
     ("cluster_name", "a%n", 'cluster_name is "a%n"'),
     ("cluster_overlay_network", "net work", 'cluster_overlay_network is "net work"'),
     ("cluster_overlay_network", "-net", 'cluster_overlay_network is "-net"'),
+]
+UNSAFE_TRAINER_NAMES = [
+    ("trainer_run_id", "../escape", 'trainer_run_id is "../escape"'),
+    ("trainer_run_id", "a b", 'trainer_run_id is "a b"'),
+    ("trainer_run_id", "x;reboot", 'trainer_run_id is "x;reboot"'),
+    ("trainer_supervisor_unit", "x.service; rm -rf /", 'trainer_supervisor_unit is "x.service; rm -rf /"'),
     ("trainer_overlay_anchor", "anchor;reboot", 'trainer_overlay_anchor is "anchor;reboot"'),
     ("trainer_probe_container", "probe $HOME", 'trainer_probe_container is "probe $HOME"'),
     ("trainer_supervisor_docker_unit", "docker", 'trainer_supervisor_docker_unit is "docker"'),
@@ -276,9 +301,14 @@ def test_an_allowed_change_of_a_shape_key(tmp_path):
     ("trainer_supervisor_script", "/usr/local/bin/x y", 'trainer_supervisor_script is "/usr/local/bin/x y"'),
     ("trainer_runs_dir", "/srv/../etc", 'trainer_runs_dir is "/srv/../etc"'),
     ("trainer_base_dir", "srv/chargpt", 'trainer_base_dir is "srv/chargpt"'),
-])
-def test_unsafe_names(tmp_path, name, value, shown):
-    assert_stopped(preflight(tmp_path, group_vars={name: value}), shown, "Pick another")
+]
+
+
+@pytest.mark.parametrize("cases", in_rounds(UNSAFE_CLUSTER_NAMES) + in_rounds(UNSAFE_TRAINER_NAMES), ids=round_id)
+def test_unsafe_names(tmp_path, cases):
+    result = preflight(tmp_path, group_vars={name: value for name, value, _ in cases})
+    assert_stopped(result, *[shown for _, _, shown in cases])
+    assert result.text.count("Pick another") >= len(cases), result.failure_messages()
 
 
 def test_a_host_clock_off_the_control_nodes_stops(tmp_path):
