@@ -40,7 +40,7 @@ RESULTS = {
         "settings": {"trainer_preset": "smoke", "fault_overrides": {"max_steps": 600}, "long_overrides": {},
                      "inject_after_step": 75, "dist_timeout_s": 20, "timeout_margin_s": 15,
                      "checkpoint_pause_s": 45, "trainer_torchrun_max_restarts": 3,
-                     "trainer_supervisor_restart_sec": 5, "trainer_stop_grace_period": "20s",
+                     "trainer_supervisor_restart_sec": 5, "trainer_stop_grace_period": "60s",
                      "process_chain": {"cases": ["3", "1"], "overrides": {"max_steps": 500},
                                        "trainer_torchrun_max_restarts": 8}},
     },
@@ -58,7 +58,7 @@ def test_the_document_shows_the_fault_suites_own_time_and_each_figure():
     assert "ran from 2026-12-06T10:00:00+00:00 to 2026-12-06T10:18:30+00:00 (18.5 min)" in text
     assert "1 of 2 cases passed" in text
     assert "| 1 | kill -9 | pass | 27 | 3.5 | resumed |" in text
-    assert ("`trainer_torchrun_max_restarts` 3, `trainer_supervisor_restart_sec` 5, `trainer_stop_grace_period` 20s"
+    assert ("`trainer_torchrun_max_restarts` 3, `trainer_supervisor_restart_sec` 5, `trainer_stop_grace_period` 60s"
             in text)
     assert "| 10c | master lost | FAIL | - | - | FAILED: no resume |" in text
     assert "Cases 3, 1 hit one run in that order" in text and "`trainer_torchrun_max_restarts` 8" in text
