@@ -216,3 +216,35 @@ def test_the_network_probe_is_on_by_default_and_skipped_by_its_tag():
     assert len(probe_tasks(everything)) == len(names), f"probe tasks that site.yml runs: {probe_tasks(everything)}"
     assert probe_tasks(skipped) == [], "--skip-tags network_probe still runs them"
     assert [line for line in everything if line not in probe_tasks(everything)] == skipped, "it skipped more"
+
+
+def all_tasks() -> list[dict]:
+    """Every task (a mapping with a name) in the roles' and playbooks' YAML, blocks' tasks included."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if "name" in node:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+    for folder in ("roles", "playbooks"):
+        for path in (REPO / folder).rglob("*.yml"):
+            walk(yaml.safe_load(path.read_text()))
+    return found
+
+
+def test_the_bootstrap_compiles_every_collection_the_roles_use():
+    """lab/bootstrap.sh compiles only the collections the project uses (the ansible package ships
+    about a hundred): one that a role starts to use must be compiled too."""
+    pattern = re.search(r"^UNUSED_COLLECTIONS='([^']+)'$", (REPO / "lab" / "bootstrap.sh").read_text(), re.M)
+    assert pattern, "lab/bootstrap.sh no longer sets UNUSED_COLLECTIONS"
+    used = {tuple(key.split(".")[:2]) for task in all_tasks() for key in task
+            if re.fullmatch(r"[a-z]\w*\.[a-z]\w*\.[a-z]\w*", key) and not key.startswith("ansible.")}
+    assert used, "no collection module found in the roles"
+    skipped = [f"{namespace}.{name}" for namespace, name in sorted(used)
+               if re.search(pattern.group(1), f"site-packages/ansible_collections/{namespace}/{name}/plugins/x.py")]
+    assert not skipped, f"lab/bootstrap.sh does not compile {skipped}: add them to UNUSED_COLLECTIONS' exceptions"
