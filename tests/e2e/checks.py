@@ -339,8 +339,9 @@ CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_engine
           check_trainers_have_their_limits,
           check_image_has_no_setuid_files, check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
 ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]
-# The checks that hold while a run still trains (the others judge a finished run).
-TRAINING_CHECKS = [check for check in CHECKS if check not in (check_trainers_exited_zero, check_rank0_outputs_on_master)]
+# The checks of the hosts themselves (engine, swarm, overlay, registry), whatever their trainers do.
+HOST_CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_engine_runtime_packages, check_swarm,
+               check_overlay_network, check_overlay_reaches_across_hosts, check_image_registry]
 
 
 def check_id(check) -> str:

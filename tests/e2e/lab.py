@@ -25,9 +25,9 @@ TRAIN_OVERRIDES = {"max_steps": 80, "eval_interval": 20, "checkpoint_interval": 
 PLAYBOOK_VARS = ["-e", json.dumps({"trainer_preset": "smoke", "trainer_run_id": RUN_ID, "trainer_wait": True,
                                    "trainer_overrides": TRAIN_OVERRIDES})]
 TIMINGS: dict[str, float] = {}
-# The network probe has tests of its own (the first deployment of each lab, the probe-limits fault
-# case); every other deployment skips it, as a user may (README), to spend the suite's minutes on
-# what it tests.
+# The network probe has tests of its own (the two-host lab's first deployment, the probe-limits
+# fault case); every other deployment skips it, as a user may (README), to spend the suite's
+# minutes on what it tests.
 SKIP_PROBE = ["--skip-tags", "network_probe"]
 
 

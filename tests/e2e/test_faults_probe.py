@@ -1,6 +1,6 @@
 """On the fault lab's two hosts: the network probe measures every pair and stops a deployment whose
 network is below its limits, before any trainer starts. (The other deployments of the suite skip the
-probe; the first one of each lab runs it.)"""
+probe but the two-host lab's first one.)"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Scenarios that change the lab, in order: a second run changes nothing, a check run reports
-nothing (also with the run's artifacts not fetched yet), an image from an external registry takes
-the finished run on by an allowed change of max_steps, teardown leaves nothing behind. (A host that
-joins and leaves a run is fault case 10a, on the same lab: test_faults_replicas.py.)
-They run after test_cluster.py (same session lab) and only against the lab, never --inventory."""
+nothing (with the run's artifacts not fetched yet, which it does not fetch), an image from an
+external registry takes the finished run on by an allowed change of max_steps, teardown leaves
+nothing behind. (A host that joins and leaves a run is fault case 10a, on the same lab:
+test_faults_replicas.py.) They run after test_cluster.py (same session lab) and only against the
+lab, never --inventory."""
 
 from __future__ import annotations
 
@@ -33,18 +34,14 @@ def test_second_run_changes_nothing(lab):
     assert not registry_tasks, f"the registry's tasks ran with the image on every host: {sorted(registry_tasks)}"
 
 
-def test_check_mode_reports_no_change(lab):
-    assert_nothing_changed(lab.playbook("site.yml", "--check", "--diff", log_name="site-check-diff"))
-
-
-def test_check_mode_on_a_finished_run_not_fetched_yet(lab, artifacts_dir):
-    """--check fetches nothing: with the run's artifacts not on the control node, it says so and
-    changes nothing instead of failing on the missing summary."""
+def test_check_mode_reports_no_change_and_fetches_nothing(lab, artifacts_dir):
+    """--check --diff on the converged lab reports nothing, with the finished run's artifacts not on
+    the control node: --check fetches nothing, says so, and does not fail on the missing summary."""
     fetched = artifacts_dir / RUN_ID
     aside = fetched.with_name(f".{RUN_ID}-aside")
     fetched.rename(aside)
     try:
-        run = lab.playbook("site.yml", "--check", log_name="site-check-unfetched")
+        run = lab.playbook("site.yml", "--check", "--diff", log_name="site-check-diff")
         assert_nothing_changed(run)
         assert "--check fetches nothing" in run.text, f"no word on the missing artifacts (log {run.log})"
         assert not fetched.exists(), "--check put artifacts on the control node"
