@@ -3,9 +3,9 @@ runs, the session that prepares the lab, records every case in artifacts/reliabi
 and renders docs/RELIABILITY.md from it when every case ran, and the assertions on a finished run.
 
 The cases (tests/e2e/test_faults_*.py) run on the two-host lab of the e2e tests, after its own
-scenarios (test_lab_scenarios.py; its teardown, test_teardown.py, comes after the cases): the
-session takes it back to its first two hosts and converges it with a run of its own, so that no
-second lab installs engines and ships the image again. Each run case starts a run of its own (its own run id). pytest runs the files in
+scenarios (test_lab_scenarios.py, which end with a teardown): the session takes it back to its first
+two hosts and converges it with a run of its own, so that no second lab installs engines and ships
+the image again. Each run case starts a run of its own (its own run id). pytest runs the files in
 name order, which is the order the cases need: the bad inputs on the settled lab first, the refused
 runs, the probe's limits, the process faults, the deployments beside a long run (case 7 adds a
 third host), then the cases that add, remove and lose hosts, last."""

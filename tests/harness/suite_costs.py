@@ -57,16 +57,16 @@ PARTS = (
     Part("Two-host lab", ("tests/e2e/test_cluster.py", "tests/e2e/test_lab_scenarios.py"),
          "a fresh site.yml with the network probe trains across two simulated hosts; every cluster and artifact "
          "check (testinfra); a second run changes nothing; --check reports nothing; an image from an external "
-         "registry takes a finished run on (an allowed change of max_steps)"),
-    Part("Fault cases and teardown, on the two-host lab",
-         ("tests/e2e/test_faults_bad_input.py", "tests/e2e/test_faults_identity.py", "tests/e2e/test_faults_probe.py",
-          "tests/e2e/test_faults_processes.py", "tests/e2e/test_faults_provisioning.py",
-          "tests/e2e/test_faults_replicas.py", "tests/e2e/test_teardown.py"),
+         "registry takes a finished run on (an allowed change of max_steps); teardown leaves nothing"),
+    Part("Fault cases, on the two-host lab", ("tests/e2e/test_faults_bad_input.py", "tests/e2e/test_faults_identity.py",
+                                               "tests/e2e/test_faults_probe.py", "tests/e2e/test_faults_processes.py",
+                                               "tests/e2e/test_faults_provisioning.py",
+                                               "tests/e2e/test_faults_replicas.py"),
          "every fault case of docs/RELIABILITY.md (which it writes): bad inputs stop in preflight; refused "
          "settings, corpora and run ids; the probe's limits; five process faults on one run; deployments "
-         "beside a training run and its status; a host that joins a training run (the host checks on it) and "
+         "beside a training run and its status; a host that joins a training run (every cluster check on it) and "
          "leaves it, trainers stopped, the master's host lost for good (the dead node pruned, the join tokens "
-         "rotated); then teardown leaves nothing"),
+         "rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
          "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
          "split), every cluster and artifact check, the status of the finished run"),
