@@ -8,6 +8,7 @@ import functools
 import hashlib
 import re
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 
 from harness.roles import role_default
 
@@ -54,13 +55,16 @@ def docker_bytes(size: str | int) -> int:
 
 
 def each_host(cluster: Cluster, check) -> None:
-    """Run check(name) on every host; report every host that fails, not just the first."""
-    failures = []
-    for name in cluster.names:
+    """Run check(name) on every host at once (each mostly waits on commands on its own host), and
+    report every host that fails, not just the first."""
+    def failure(name: str) -> str | None:
         try:
             check(name)
         except AssertionError as error:
-            failures.append(f"{name}: {error}")
+            return f"{name}: {error}"
+        return None
+    with ThreadPoolExecutor(max_workers=max(1, len(cluster.names))) as pool:
+        failures = [found for found in pool.map(failure, cluster.names) if found]
     assert not failures, "\n".join(failures)
 
 
@@ -139,20 +143,25 @@ def check_overlay_reaches_across_hosts(cluster: Cluster) -> None:
     # The trainer's user: the probes run as the trainers do.
     user = f"{role_default('trainer', 'trainer_uid')}:{role_default('trainer', 'trainer_gid')}"
     probes = {name: f"chargpt-e2e-probe-{name}" for name in cluster.names}
+
+    def start_server(name: str) -> None:
+        cluster.host(name).run("docker rm -f %s", probes[name])
+        cluster.docker_run(name, "-d --rm --name %s --hostname %s --network %s --user %s "
+                           "--entrypoint python3 %s -c %s", probes[name], probes[name], network, user, image,
+                           PROBE_SERVER)
+
+    def reach_the_others(name: str) -> None:
+        others = [probe for other, probe in probes.items() if other != name]
+        answers = cluster.docker_run(name, "--rm --network %s --user %s --entrypoint python3 %s -c %s "
+                                     + " ".join(map(shlex.quote, others)), network, user, image, PROBE_CLIENT)
+        for probe in others:
+            assert f"{probe} {probe}" in answers, f"did not reach {probe} over {network}: {answers}"
+
     try:
-        for name, probe in probes.items():
-            cluster.host(name).run("docker rm -f %s", probe)
-            cluster.docker_run(name, "-d --rm --name %s --hostname %s --network %s --user %s "
-                               "--entrypoint python3 %s -c %s", probe, probe, network, user, image, PROBE_SERVER)
-        for name in cluster.names:
-            others = [probe for other, probe in probes.items() if other != name]
-            answers = cluster.docker_run(name, "--rm --network %s --user %s --entrypoint python3 %s -c %s "
-                                         + " ".join(map(shlex.quote, others)), network, user, image, PROBE_CLIENT)
-            for probe in others:
-                assert f"{probe} {probe}" in answers, f"{name} did not reach {probe} over {network}: {answers}"
+        each_host(cluster, start_server)
+        each_host(cluster, reach_the_others)
     finally:
-        for name, probe in probes.items():
-            cluster.host(name).run("docker rm -f %s", probe)
+        each_host(cluster, lambda name: cluster.host(name).run("docker rm -f %s", probes[name]))
 
 
 # A TLS client of the registry on a host: with the cluster's client certificate, then without one.
