@@ -64,7 +64,7 @@ PARTS = (
                                                "tests/e2e/test_faults_replicas.py"),
          "every fault case of docs/RELIABILITY.md (which it writes): bad inputs stop in preflight; refused "
          "settings, corpora and run ids; the probe's limits; five process faults on one run; deployments "
-         "beside a training run and its status; a host that joins a training run (every cluster check on it) and "
+         "beside a training run and its status; a host that joins a training run (the host checks on it) and "
          "leaves it, trainers stopped, the master's host lost for good (the dead node pruned, the join tokens "
          "rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
