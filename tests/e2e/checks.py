@@ -341,16 +341,13 @@ def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
     assert val[-1] < val[0], f"validation loss did not fall: {val}"
 
 
-CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_engine_runtime_packages, check_swarm,
-          check_overlay_network,
-          check_overlay_reaches_across_hosts, check_image_registry, check_trainers_share_one_image,
-          check_trainers_run_as_non_root, check_trainers_publish_no_ports, check_trainers_are_confined,
-          check_trainers_have_their_limits,
-          check_image_has_no_setuid_files, check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
-ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]
 # The checks of the hosts themselves (engine, swarm, overlay, registry), whatever their trainers do.
 HOST_CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_engine_runtime_packages, check_swarm,
                check_overlay_network, check_overlay_reaches_across_hosts, check_image_registry]
+CHECKS = [*HOST_CHECKS, check_trainers_share_one_image, check_trainers_run_as_non_root, check_trainers_publish_no_ports,
+          check_trainers_are_confined, check_trainers_have_their_limits, check_image_has_no_setuid_files,
+          check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
+ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]
 
 
 def check_id(check) -> str:

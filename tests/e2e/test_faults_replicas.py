@@ -154,8 +154,9 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         assert stopped.step(first) == stopped_at, stopped.rows
         # The host that joined is a host of the cluster like the others (checked once the trainers
         # stopped, so that the checks do not compete with a run for the two cores).
+        three_hosts = Cluster(lab.inventory)
         for check in HOST_CHECKS:
-            check(Cluster(lab.inventory))
+            check(three_hosts)
         result.progress_lost_steps = 0
         result.recovery_s = result.details["add_recovery_s"]
         result.outcome = (f"added at step {resumed}: every host checkpointed it, {joining} received it (its copy "
