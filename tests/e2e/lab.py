@@ -54,6 +54,12 @@ class Lab:
         assert result.returncode == 0, f"lab/lab {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
         return result.stdout
 
+    def reboot(self, host: str, power_loss: bool = False) -> None:
+        """Restart one of the lab's hosts with its disk (lab/lab reboot); returns once SSH answers."""
+        number = host.removeprefix(f"{self.name}-host-")
+        assert number.isdigit(), f"{host} is not a host of lab {self.name}"
+        self.command("reboot", number, *(["--power-loss"] if power_loss else []))
+
     def playbook(self, playbook: str = "site.yml", *args: str, log_name: str, inventory: Path | None = None,
                  on_line: Callable[[str], None] | None = None, network_probe: bool = False) -> PlaybookRun:
         """Run a playbook with the lab's variables against the lab's inventory (or another one, e.g.

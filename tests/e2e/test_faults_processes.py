@@ -1,12 +1,13 @@
-"""Fault cases 3, 1, 2, 10b and 4 (issues 5 and 10): a process or a container hit during a run
-(rank 0 killed halfway through a checkpoint, kill -9 of a worker's training process, docker kill of
-a worker's container, docker kill of rank 0's container, which hosts the rendezvous, a worker paused
-past the collective timeout). Each must restart the group and resume from the newest complete
-checkpoint any host has.
+"""Fault cases 3, 1, 2, 10b, 4, 11a and 11b (issues 5, 10 and 24): a process, a container or a host
+hit during a run (rank 0 killed halfway through a checkpoint, kill -9 of a worker's training process,
+docker kill of a worker's container, docker kill of rank 0's container, which hosts the rendezvous, a
+worker paused past the collective timeout, the master's host rebooted, the worker's host cut from its
+power and booted again). Each must restart the group with nobody acting and resume from the newest
+complete checkpoint any host has.
 
-The five faults hit one run, in this order, each once the run trains again after the one before
+The seven faults hit one run, in this order, each once the run trains again after the one before
 and has written a checkpoint of its own: they are independent (a restart leaves nothing behind but
-the checkpoints), and one run spares four deployments and four runs to the end. Each case records
+the checkpoints), and one run spares six deployments and six runs to the end. Each case records
 its own figures; the last test follows the run to its end and reads its status there. The run's
 torchrun restart budget is raised above the role's default, since its torchrun agents see up to
 four of these faults between two container restarts."""
@@ -28,9 +29,9 @@ from .status import FINISHED, status
 # The checkpoint rank 0 is killed in the middle of writing (case 3): late enough that site.yml has
 # returned when rank 0 pauses in it, since the worker waits for rank 0 no longer than dist_timeout_s.
 TORN_STEP = 3 * CHECKPOINT_INTERVAL
-CHAIN_OVERRIDES = dict(FAULT_OVERRIDES, max_steps=550, dist_timeout_s=DIST_TIMEOUT_S)
+CHAIN_OVERRIDES = dict(FAULT_OVERRIDES, max_steps=800, dist_timeout_s=DIST_TIMEOUT_S)
 CHAIN_SETTINGS = {"trainer_torchrun_max_restarts": 8}
-CHAIN_CASES = ["3", "1", "2", "10b", "4"]
+CHAIN_CASES = ["3", "1", "2", "10b", "4", "11a", "11b"]
 
 
 @dataclass
@@ -204,8 +205,53 @@ def test_worker_paused_past_the_collective_timeout(fault_lab, chain):
     chain.passed.append("4")
 
 
+def reboot_and_recover(fault_lab, chain: Chain, result: CaseResult, rank: int, power_loss: bool) -> Recovery:
+    """Reboot the host of node rank `rank` mid-run (lab/lab reboot): the engine's start starts the
+    supervisor unit, which starts the same trainer container again, and the group resumes."""
+    run = chain.run
+    chain.wait_for_injection_step()
+    host = run.cluster.names[rank]
+    before = run.container_state(host)
+    injected_at = now()
+    fault_lab.lab.reboot(host, power_loss=power_loss)
+    result.details["host_back_after_s"] = seconds_between(injected_at, now())
+    recovery = chain.wait_for_recovery(result, injected_at)
+    after = run.container_state(host)
+    result.details.update(started_at_before=before["started_at"], started_at_after=after["started_at"])
+    assert after["id"] == before["id"], f"{host}: the trainer container was replaced, not started again"
+    assert after["started_at"] != before["started_at"], f"{host}: the trainer never started again after the boot"
+    return recovery
+
+
+def test_master_host_rebooted(fault_lab, chain):
+    run = chain.run
+    chain.require("11a")
+    with recording(fault_lab, CaseResult("11a", "the master's host rebooted mid-run (a clean shutdown and boot)",
+                                         "")) as result:
+        recovery = reboot_and_recover(fault_lab, chain, result, rank=0, power_loss=False)
+        # The shutdown stopped the engine, which stopped the trainer: every host checkpointed the
+        # step it was at, so the group resumed from the last step any rank reached.
+        assert recovery.progress_lost == 0, (
+            f"{run.run_id}: resumed from step {recovery.resumed_from}, but the ranks had reached step "
+            f"{recovery.last_step_before_restart} before the shutdown")
+        result.outcome = (f"the shutdown checkpointed step {recovery.resumed_from} on every host; after the boot the "
+                          f"supervisor unit started the trainer again and the group resumed from that step")
+    chain.passed.append("11a")
+
+
+def test_worker_host_lost_its_power(fault_lab, chain):
+    chain.require("11b")
+    with recording(fault_lab, CaseResult("11b", "the worker's host cut from its power mid-run, then booted",
+                                         "")) as result:
+        recovery = reboot_and_recover(fault_lab, chain, result, rank=1, power_loss=True)
+        assert_resumed_from_newest_checkpoint(chain.run, recovery)
+        result.outcome = (f"after the boot the supervisor unit started the worker's trainer again and the group "
+                          f"resumed from step {recovery.resumed_from}")
+    chain.passed.append("11b")
+
+
 def test_the_run_completes_after_every_fault_and_status_shows_it_finished(fault_lab, chain):
-    """The run the five faults hit ends complete, resumed last from the last fault's checkpoint; each
+    """The run the seven faults hit ends complete, resumed last from the last fault's checkpoint; each
     case's outcome says so, or turns into a failure when it does not. The status of the finished
     run shows every host at the last step and the worker's container restarts."""
     run = chain.run

@@ -18,6 +18,7 @@ import torch
 
 from harness.inventory import Inventory
 from harness.playbook import assert_succeeded
+from harness.roles import role_default
 
 from .checks import HOST_CHECKS
 from .cluster import Cluster
@@ -31,6 +32,8 @@ REPLICA_OVERRIDES = dict(FAULT_OVERRIDES, keep_checkpoints=20)
 # A run that still trains after two playbook runs that change the cluster; it ends with docker stop.
 ADD_REMOVE_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=20000, log_interval=10, checkpoint_interval=250,
                             eval_interval=500)
+# Where a host's supervisor records a person's docker stop of its trainer.
+STOP_RECORD = role_default("trainer", "trainer_supervisor_stop_record")
 # Far enough into the run that two checkpoints exist before the master dies.
 MASTER_LOSS_AFTER_STEP = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
 
@@ -140,18 +143,32 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         assert stopped_at is not None, f"docker stop recorded no stop: {attempts(run)[-1]}"
         for host in (first, second):
             assert stopped_at in checkpoint_steps(host, run.run_dir), f"{host} has no checkpoint of step {stopped_at}"
-        time.sleep(SUPERVISOR_WATCH_S)
-        states = {host: run.container_state(host)["status"] for host in (first, second)}
-        codes = {host: on_host(host, "docker", "inspect", "--format", "{{.State.ExitCode}}",
-                               run.container(host)).stdout.strip() for host in (first, second)}
-        result.details.update(docker_stop_at_step=stopped_at, exit_codes_after_docker_stop=codes)
-        assert states == {first: "exited", second: "exited"} and set(codes.values()) == {"143"}, (
-            f"after docker stop the trainers are {states} with exit codes {codes}: expected exited, 143, left stopped")
-        stopped = status(lab, [first, second], log_name="faults-status-stopped", inventory=two_hosts)
-        result.details["status_after_docker_stop"] = [stopped.state, stopped.exit_code]
-        assert (stopped.run_id, stopped.state) == (run.run_id, "stopped"), stopped.run.tail(30)
-        assert stopped.exit_code == STOPPED, stopped.command.stdout + stopped.command.stderr
-        assert stopped.step(first) == stopped_at, stopped.rows
+        # The worker's trainer is watched as its supervisor left it; the master's across a reboot.
+        with recording(fault_lab, CaseResult("11c", "a run stopped on purpose (docker stop of its trainers), then the "
+                                                    "master's host rebooted", "")) as rebooted:
+            rebooted_at = now()
+            lab.reboot(first)
+            rebooted.details["host_back_after_s"] = seconds_between(rebooted_at, now())
+            time.sleep(SUPERVISOR_WATCH_S)
+            states = {host: run.container_state(host)["status"] for host in (first, second)}
+            codes = {host: on_host(host, "docker", "inspect", "--format", "{{.State.ExitCode}}",
+                                   run.container(host)).stdout.strip() for host in (first, second)}
+            records = {host: on_host(host, "cat", STOP_RECORD, check=False).stdout.strip() for host in (first, second)}
+            result.details.update(docker_stop_at_step=stopped_at, exit_codes_after_docker_stop=codes)
+            rebooted.details.update(exit_codes=codes, stop_records=records)
+            assert states == {first: "exited", second: "exited"} and set(codes.values()) == {"143"}, (
+                f"after docker stop (and a reboot of {first}) the trainers are {states} with exit codes {codes}: "
+                f"expected exited, 143, left stopped")
+            assert all("stopped on request" in record for record in records.values()), (
+                f"the supervisors' records of the stop ({STOP_RECORD}): {records}")
+            stopped = status(lab, [first, second], log_name="faults-status-stopped", inventory=two_hosts)
+            result.details["status_after_docker_stop"] = [stopped.state, stopped.exit_code]
+            assert (stopped.run_id, stopped.state) == (run.run_id, "stopped"), stopped.run.tail(30)
+            assert stopped.exit_code == STOPPED, stopped.command.stdout + stopped.command.stderr
+            assert stopped.step(first) == stopped_at, stopped.rows
+            rebooted.progress_lost_steps = 0
+            rebooted.outcome = (f"each supervisor recorded the docker stop; after {first} booted its trainer stayed "
+                                f"stopped at step {stopped_at} (watched {SUPERVISOR_WATCH_S} s), status 'stopped'")
         # The host that joined is a host of the cluster like the others (checked once the trainers
         # stopped, so that the checks do not compete with a run for the two cores).
         three_hosts = Cluster(lab.inventory)
@@ -196,6 +213,9 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     lost, new_master = hosts[0], hosts[1]
     run = fault_lab.start(name, REPLICA_OVERRIDES, inventory=inventory.write(tmp_path / "before.yml"),
                           every_stage=provision)
+    # The deployment that started the run forgot 11c's record of a person's stop.
+    kept = [host for host in hosts if on_host(host, "test", "-e", STOP_RECORD, check=False).returncode == 0]
+    assert not kept, f"{STOP_RECORD} is still on {kept} after site.yml started {run.run_id}"
     run.wait_for_step(MASTER_LOSS_AFTER_STEP)
     run_dir = run.run_dir
     # What rank 0 had logged just before the loss, for comparison only: the run goes on while the

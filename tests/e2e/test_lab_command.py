@@ -20,6 +20,9 @@ def lab_command(*args: str, lab_name: str = "e2e-badinput"):
     (["up", "--hosts", "two"], "--hosts 'two' is not a number of hosts"),
     (["up", "--nodes", "2"], "unknown argument '--nodes'"),
     (["add"], "has no hosts: run 'lab/lab up' first"),
+    (["reboot", "one"], "usage: lab/lab reboot N [--power-loss]"),
+    (["reboot", "1", "--hard"], "usage: lab/lab reboot N [--power-loss]"),
+    (["reboot", "1"], "has no running host e2e-badinput-host-1"),
     (["frobnicate"], "usage:"),
 ])
 def test_bad_arguments_are_refused(args, message):

@@ -63,10 +63,11 @@ PARTS = (
                                                "tests/e2e/test_faults_provisioning.py",
                                                "tests/e2e/test_faults_replicas.py"),
          "every fault case of docs/RELIABILITY.md (which it writes): bad inputs stop in preflight; refused "
-         "settings, corpora and run ids; the probe's limits; five process faults on one run; deployments "
-         "beside a training run and its status; a host that joins a training run (the host checks on it) and "
-         "leaves it, trainers stopped, the master's host lost for good (the dead node pruned, the join tokens "
-         "rotated)"),
+         "settings, corpora and run ids; the probe's limits; seven faults on one run (five process faults, the "
+         "master's host rebooted, the worker's host cut from its power); deployments beside a training run and "
+         "its status; a host that joins a training run (the host checks on it) and leaves it, trainers stopped "
+         "(and kept stopped across a reboot), the master's host lost for good (the dead node pruned, the join "
+         "tokens rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
          "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
          "split), every cluster and artifact check, the status of the finished run"),
