@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Builds the lab's two local images from Debian package mirrors (no registry needed):
-#   chargpt-base:bookworm  Debian 12 + python3 + venv: the base the trainer image is built FROM
-#   chargpt-labhost:trixie Debian 13 + systemd + sshd + python3: one simulated host (no Docker)
-# Usage: lab/images.sh [base|host|all]   (an image that already exists is kept; FORCE=1 rebuilds)
+# Builds the lab's local images from Debian package mirrors (no registry needed):
+#   chargpt-base:bookworm         Debian 12 + python3 + venv: the base the trainer image is built FROM
+#   chargpt-labhost:trixie        Debian 13 + systemd + sshd + python3: one simulated host (no Docker)
+#   chargpt-labhost:trixie-engine the same with the engine's packages installed (not configured, no
+#                                 images), as a provider's machine image may come: lab/lab up --with-engine
+# Usage: lab/images.sh [base|host|engine-host|all]   (an image that exists is kept; FORCE=1 rebuilds)
 set -euo pipefail
 
 LAB_MIRROR="${LAB_MIRROR:-http://deb.debian.org/debian}"
 BASE_IMAGE="${LAB_BASE_IMAGE:-chargpt-base:bookworm}"
 HOST_IMAGE="${LAB_HOST_IMAGE:-chargpt-labhost:trixie}"
+ENGINE_HOST_IMAGE="${LAB_ENGINE_HOST_IMAGE:-chargpt-labhost:trixie-engine}"
+# What roles/docker installs on Debian 13 (tests/deploy/test_static.py keeps the list in step).
+ENGINE_PACKAGES="docker.io docker-cli docker-compose python3-docker apparmor pigz"
 LAB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf '[lab %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -99,12 +104,31 @@ build_host() {
         -c 'ENV container=docker' -c 'ENV LANG=C.UTF-8' -c 'CMD ["/sbin/init"]'
 }
 
+build_engine_host() {
+    if image_exists "$ENGINE_HOST_IMAGE" && [[ "${FORCE:-0}" != 1 ]]; then
+        log "$ENGINE_HOST_IMAGE exists, kept"
+        return
+    fi
+    build_host
+    local start=$SECONDS output
+    log "building $ENGINE_HOST_IMAGE: $HOST_IMAGE with $ENGINE_PACKAGES"
+    # The packages' own scripts cannot start the engine here (no systemd runs in a build).
+    if ! output="$(printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends %s && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb\n' \
+        "$HOST_IMAGE" "$ENGINE_PACKAGES" | docker build -q -t "$ENGINE_HOST_IMAGE" - 2>&1)"; then
+        printf '%s\n' "$output" | tail -n 20 >&2
+        log "building $ENGINE_HOST_IMAGE failed (output above): check that $LAB_MIRROR is reachable"
+        return 1
+    fi
+    log "built $ENGINE_HOST_IMAGE in $((SECONDS - start)) s"
+}
+
 main() {
     case "${1:-all}" in
         base) build_base ;;
         host) build_host ;;
+        engine-host) build_engine_host ;;
         all) build_base; build_host ;;
-        *) echo "usage: lab/images.sh [base|host|all]" >&2; exit 2 ;;
+        *) echo "usage: lab/images.sh [base|host|engine-host|all]" >&2; exit 2 ;;
     esac
 }
 

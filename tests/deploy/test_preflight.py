@@ -102,6 +102,7 @@ OUT_OF_RANGE = [
     ("trainer_torchrun_join_timeout_s", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_start_limit_burst", 0, "an integer of at least 1"),
+    ("trainer_lost_network_stop_timeout_s", -1, "an integer of at least 0 (seconds)"),
     ("trainer_cpuset", "0-3; reboot", 'CPU numbers and ranges such as "0-3"'),
     ("trainer_cpus", "two", 'a number of CPUs above 0 such as "2"'),
     ("trainer_cpus", "0", 'a number of CPUs above 0 such as "2"'),

@@ -248,3 +248,13 @@ def test_the_bootstrap_compiles_every_collection_the_roles_use():
     skipped = [f"{namespace}.{name}" for namespace, name in sorted(used)
                if re.search(pattern.group(1), f"site-packages/ansible_collections/{namespace}/{name}/plugins/x.py")]
     assert not skipped, f"lab/bootstrap.sh does not compile {skipped}: add them to UNUSED_COLLECTIONS' exceptions"
+
+
+def test_the_lab_image_with_the_engine_holds_what_the_docker_role_installs_on_debian_13():
+    """lab/lab up --with-engine stands for a provider's image with the engine installed: site.yml must
+    find every package it would install there (the eight-host lab asserts that it installs none)."""
+    role = REPO / "roles" / "docker"
+    packages = (yaml.safe_load((role / "vars" / "Debian.yml").read_text())["docker_distribution_packages"]
+                + yaml.safe_load((role / "defaults" / "main.yml").read_text())["docker_packages_runtime"])
+    listed = re.search(r'^ENGINE_PACKAGES="([^"]*)"', (REPO / "lab" / "images.sh").read_text(), re.MULTILINE)
+    assert listed and sorted(listed.group(1).split()) == sorted(packages), (listed and listed.group(1), packages)

@@ -36,6 +36,8 @@ ADD_REMOVE_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=20000, log_interval=10,
 STOP_RECORD = role_default("trainer", "trainer_supervisor_stop_record")
 # Far enough into the run that two checkpoints exist before the master dies.
 MASTER_LOSS_AFTER_STEP = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
+# The runs that lose their master: as long as it takes to train on after the loss and checkpoint again.
+MASTER_LOSS_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=MASTER_LOSS_AFTER_STEP + 4 * CHECKPOINT_INTERVAL)
 
 
 def lab_hosts(lab) -> list[str]:
@@ -137,7 +139,10 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         on_host(joining, "sh", "-c", f"systemctl stop '*-trainer.service'; docker rm -f {joining_container}",
                 check=False)
 
-        for host in (first, second):
+        # The worker first: the master's trainer then waits for it in a rendezvous it hosts itself. A
+        # worker whose master stopped first retries a rendezvous with a store that is gone, exiting
+        # and being started again by its supervisor, where a docker stop may meet it between starts.
+        for host in (second, first):
             on_host(host, "docker", "stop", run.container(host), timeout=120)
         stopped_at = attempts(run)[-1].get("stopped_at_step")
         assert stopped_at is not None, f"docker stop recorded no stop: {attempts(run)[-1]}"
@@ -211,7 +216,7 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     lab = fault_lab.lab
     hosts = inventory.master + inventory.workers
     lost, new_master = hosts[0], hosts[1]
-    run = fault_lab.start(name, REPLICA_OVERRIDES, inventory=inventory.write(tmp_path / "before.yml"),
+    run = fault_lab.start(name, MASTER_LOSS_OVERRIDES, inventory=inventory.write(tmp_path / "before.yml"),
                           every_stage=provision)
     # The deployment that started the run forgot 11c's record of a person's stop.
     kept = [host for host in hosts if on_host(host, "test", "-e", STOP_RECORD, check=False).returncode == 0]
@@ -232,7 +237,7 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     after = replace(inventory.without(lost), master=[new_master], workers=hosts[2:],
                     managers=[new_master] + [host for host in inventory.managers if host not in (lost, new_master)])
     started = time.monotonic()
-    rerun = lab.playbook("site.yml", "-e", json.dumps(run_vars(run.run_id, REPLICA_OVERRIDES)),
+    rerun = lab.playbook("site.yml", "-e", json.dumps(run_vars(run.run_id, MASTER_LOSS_OVERRIDES)),
                          inventory=after.write(tmp_path / "after.yml"), log_name=f"faults-site-{name}")
     rerun_s = round(time.monotonic() - started, 1)
     assert_succeeded(rerun)
