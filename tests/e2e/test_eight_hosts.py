@@ -37,7 +37,7 @@ def eight_hosts_lab(pytestconfig, artifacts_dir):
         shutil.rmtree(artifacts_dir / RUN_ID, ignore_errors=True)
         deployed = lab.playbook(log_name=f"site-{HOSTS}-hosts-from-scratch")
         assert_succeeded(deployed)
-        installed = [task for task in deployed.ran_tasks() if task.startswith("docker : Install the packages")]
+        installed = [task for task in deployed.ran_tasks() if task.startswith("docker : Install the engine")]
         assert not installed, f"site.yml installed packages on hosts that held the engine's already: {installed}"
         configured = [task for task in deployed.changed_tasks() if task.startswith("docker : Write the engine's daemon")]
         assert len(configured) == HOSTS, f"daemon.json written on {configured} (log {deployed.log})"
