@@ -11,13 +11,14 @@ from typing import Mapping
 from .model_config import GPTConfig
 
 ENV_PREFIX = "CHARGPT_"
+MIN_DEAD_PEER_TIMEOUT_S = 2.0
 
 # Settings that change how a run is watched or executed, not what it learns: a resumed run may
 # change them freely, and they are never compared with the checkpoint's.
 RUNTIME_KEYS = frozenset({
     "log_interval", "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
     "sample_chars", "sample_temperature", "sample_top_k", "device", "compile", "num_threads",
-    "dist_timeout_s", "allow_config_change"})
+    "dist_timeout_s", "dead_peer_timeout_s", "allow_config_change"})
 # The model's shape: a checkpoint cannot load into another one, so these never change within a run.
 # Dropout is a GPTConfig field but no shape: its weights load either way.
 MODEL_SHAPE_KEYS = frozenset(field.name for field in fields(GPTConfig)) - {"vocab_size", "dropout"}
@@ -74,6 +75,9 @@ class TrainConfig:
     compile: bool = False
     num_threads: int = 0  # CPU threads per rank; 0 = the machine's cores divided among local ranks
     dist_timeout_s: float = 600.0
+    # A rank whose peer (or the group's store, on the master's host) gave no sign of life for this
+    # long leaves, so that torchrun restarts the group (liveness.py); a slow step does not count.
+    dead_peer_timeout_s: float = 60.0
     # Resuming a run (one run id, one experiment) refuses changed training settings; this lists,
     # comma-separated, the ones whose change it accepts, e.g. "max_steps" to train longer.
     allow_config_change: str = ""
@@ -111,6 +115,9 @@ class TrainConfig:
             raise ConfigError(f"sample_temperature={self.sample_temperature} must be positive")
         if self.dist_timeout_s <= 0:
             raise ConfigError(f"dist_timeout_s={self.dist_timeout_s} must be positive")
+        if self.dead_peer_timeout_s < MIN_DEAD_PEER_TIMEOUT_S:
+            raise ConfigError(f"dead_peer_timeout_s={self.dead_peer_timeout_s} must be at least "
+                              f"{MIN_DEAD_PEER_TIMEOUT_S:g} (seconds): a shorter one takes a late answer for a dead peer")
         _check_choice("activation", self.activation, ("gelu", "relu"))
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))

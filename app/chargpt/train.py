@@ -21,6 +21,7 @@ from .data import Corpus, sample_batch
 from .distributed import DistEnv
 from .faults import CheckpointPause, checkpoint_pause
 from .hardware import autocast_context, compute_dtype, configure_torch
+from .liveness import watch_peers
 from .model import GPT
 from .model_config import model_args
 from .outputs import METRICS_FILE, parse_metrics, plot_losses, read_metrics, write_final_model
@@ -461,7 +462,9 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
     device = distributed.choose_device(config.device, env)
     distributed.init_process_group(env, device, config.dist_timeout_s,
                                    log=log if env.local_rank == 0 else (lambda message: None))
+    watch = None
     try:
+        watch = watch_peers(env, config.dead_peer_timeout_s)
         model = run(config, corpus, Path(run_dir), env, resume, device, pause)
         # Rank 0 wrote the outputs meanwhile: every rank leaves the group at the same time.
         distributed.barrier()
@@ -474,4 +477,6 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
             raise
         raise failure from error
     finally:
+        if watch:
+            watch.stop()
         distributed.shutdown()

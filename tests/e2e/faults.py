@@ -90,7 +90,11 @@ class FaultRun:
         return self.cluster.trainer_container_name(host)
 
     def rank0_log(self) -> list[LogLine]:
-        result = on_host(self.master, "docker", "logs", "--timestamps", self.container(self.master), check=False)
+        return self.host_log(self.master)
+
+    def host_log(self, host: str) -> list[LogLine]:
+        """The log of host's trainer container, in time order."""
+        result = on_host(host, "docker", "logs", "--timestamps", self.container(host), check=False)
         lines = []
         for raw in (result.stdout + result.stderr).splitlines():
             stamp, _, text = raw.partition(" ")
@@ -98,22 +102,24 @@ class FaultRun:
                 lines.append(LogLine(parse_timestamp(stamp), text))
         return sorted(lines, key=lambda line: line.at)
 
-    def log_tail(self, lines: int = 25) -> str:
-        return "\n".join(line.text for line in self.rank0_log()[-lines:])
+    def log_tail(self, lines: int = 25, host: str | None = None) -> str:
+        return "\n".join(line.text for line in self.host_log(host or self.master)[-lines:])
 
     def wait_for(self, pattern: re.Pattern | str, after: datetime | None = None, timeout: float = 300,
-                 accept=lambda match: True) -> tuple[LogLine, re.Match]:
-        """The first line of rank 0's log (after a time) that matches and that accept() takes."""
+                 accept=lambda match: True, host: str | None = None) -> tuple[LogLine, re.Match]:
+        """The first line of rank 0's log (or host's trainer's) after a time that matches and that
+        accept() takes."""
         pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        host = host or self.master
         deadline = time.monotonic() + timeout
         while True:
-            for line in self.rank0_log():
+            for line in self.host_log(host):
                 match = pattern.search(line.text)
                 if match and (after is None or line.at > after) and accept(match):
                     return line, match
             assert time.monotonic() < deadline, (
-                f"rank 0 logged no line matching {pattern.pattern!r} within {timeout:.0f} s; its log ends:\n"
-                + self.log_tail())
+                f"{host}'s trainer logged no line matching {pattern.pattern!r} within {timeout:.0f} s; its log "
+                "ends:\n" + self.log_tail(host=host))
             time.sleep(0.5)
 
     def latest_step(self) -> int:

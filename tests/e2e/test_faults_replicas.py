@@ -9,6 +9,7 @@ deletes host 1 for good and 10d adds a fourth."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import replace
@@ -36,8 +37,15 @@ ADD_REMOVE_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=20000, log_interval=10,
 STOP_RECORD = role_default("trainer", "trainer_supervisor_stop_record")
 # Far enough into the run that two checkpoints exist before the master dies.
 MASTER_LOSS_AFTER_STEP = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
-# The runs that lose their master: as long as it takes to train on after the loss and checkpoint again.
-MASTER_LOSS_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=MASTER_LOSS_AFTER_STEP + 4 * CHECKPOINT_INTERVAL)
+# The runs that lose their master: as long as it takes to train on after the loss and checkpoint
+# again; the hosts left notice the loss within dead_peer_timeout_s, before the re-run stops them.
+DEAD_PEER_TIMEOUT_S = 20
+MASTER_LOSS_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=MASTER_LOSS_AFTER_STEP + 4 * CHECKPOINT_INTERVAL,
+                             dead_peer_timeout_s=DEAD_PEER_TIMEOUT_S)
+DEAD_PEER_LINE = re.compile(r"\[chargpt\] rank \d+: (the group's store .* did not answer|rank \d+ gave no sign of "
+                            r"life) for \d+ s")
+# How late the line may come: the timeout, two beats (liveness.beat_interval), and a margin.
+DEAD_PEER_NOTICE_LIMIT_S = DEAD_PEER_TIMEOUT_S + 2 * 5 + 10
 
 
 def lab_hosts(lab) -> list[str]:
@@ -209,10 +217,11 @@ def swarm_cluster_id(host: str) -> str:
 
 
 def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventory: Inventory,
-                    provision: bool = False) -> dict:
+                    provision: bool = False, notice: bool = False) -> dict:
     """Start a run on inventory's hosts (provision: with every stage of site.yml), delete the
-    master's host and disk for good after two checkpoints, re-run site.yml once with the next host as
-    master and first manager, and follow the run to its end. Returns what the case measured."""
+    master's host and disk for good after two checkpoints, (notice: wait until the next host's
+    trainer says that its group lost a peer,) re-run site.yml once with the next host as master and
+    first manager, and follow the run to its end. Returns what the case measured."""
     lab = fault_lab.lab
     hosts = inventory.master + inventory.workers
     lost, new_master = hosts[0], hosts[1]
@@ -234,6 +243,10 @@ def lose_the_master(fault_lab, tmp_path, result: CaseResult, name: str, inventor
     last_step = max(reached.values())
     survivors = {host: checkpoint_steps(host, run_dir) for host in hosts[1:]}
     newest = max(step for steps in survivors.values() for step in steps)
+    if notice:
+        noticed, _ = run.wait_for(DEAD_PEER_LINE, after=injected_at, timeout=DEAD_PEER_NOTICE_LIMIT_S, host=new_master)
+        result.details.update(dead_peer_line=noticed.text,
+                              dead_peer_noticed_after_s=seconds_between(injected_at, noticed.at))
     after = replace(inventory.without(lost), master=[new_master], workers=hosts[2:],
                     managers=[new_master] + [host for host in inventory.managers if host not in (lost, new_master)])
     started = time.monotonic()
@@ -284,7 +297,7 @@ def test_master_host_lost_for_good_with_three_managers(fault_lab, tmp_path):
         old_swarm = swarm_cluster_id(hosts[0])  # the first manager since 10c
         # The run's own site.yml provisions the new host and makes three managers of one swarm.
         measured = lose_the_master(fault_lab, tmp_path, result, "faults-master-lost-quorum", three_managers,
-                                   provision=True)
+                                   provision=True, notice=True)
         new_swarm = swarm_cluster_id(measured["new_master"])
         result.details.update(swarm_before=old_swarm, swarm_after=new_swarm)
         assert new_swarm == old_swarm, "the swarm kept its quorum but was replaced"
@@ -300,6 +313,8 @@ def test_master_host_lost_for_good_with_three_managers(fault_lab, tmp_path):
         tokens_after = join_tokens(measured["new_master"])
         assert all(tokens_after[role] != tokens_before[role] for role in tokens_before), (
             "the join tokens were not rotated after a node was removed")
-        result.outcome = (f"the swarm kept its quorum (2 of 3 managers) and its ID; {measured['new_master']} took "
+        result.outcome = (f"{measured['new_master']}'s trainer noticed the loss after "
+                          f"{result.details['dead_peer_noticed_after_s']} s (dead_peer_timeout_s={DEAD_PEER_TIMEOUT_S}); "
+                          f"the swarm kept its quorum (2 of 3 managers) and its ID; {measured['new_master']} took "
                           f"over as master, the trainers resumed at world size 2 from step {measured['newest']}; "
                           f"completed {measured['summary']['final_step']} steps")

@@ -66,14 +66,14 @@ PARTS = (
          "settings, corpora and run ids; the probe's limits; seven faults on one run (five process faults, the "
          "master's host rebooted, the worker's host cut from its power); deployments beside a training run and "
          "its status; a host that joins a training run (the host checks on it) and leaves it, trainers stopped "
-         "(and kept stopped across a reboot), the master's host lost for good (the dead node pruned, the join "
-         "tokens rotated)"),
+         "(and kept stopped across a reboot), the master's host lost for good (the hosts left notice it within "
+         "dead_peer_timeout_s, the dead node pruned, the join tokens rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
          "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
          "split), every cluster and artifact check, the status of the finished run"),
     Part("Trainer", ("tests/trainer/",),
          "the model, config, corpus, checkpoints, resume and replicas, the probe and the CLI, with real "
-         "2- and 3-rank Gloo groups over loopback (process faults, uneven batches, SIGTERM)"),
+         "2- and 3-rank Gloo groups over loopback (process faults, a frozen or slow peer, uneven batches, SIGTERM)"),
 )
 
 

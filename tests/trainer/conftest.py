@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,25 @@ def snapshot(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file below folder: to show that nothing changed."""
     return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the trainer exited ({process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def ranks_of(torchrun_pid: int) -> dict[int, int]:
+    """{global rank: pid} of torchrun's worker processes."""
+    ranks = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            parent = int(environ.with_name("stat").read_text().rsplit(")", 1)[1].split()[1])
+            variables = dict(item.split("=", 1) for item in environ.read_bytes().decode().split("\0") if "=" in item)
+        except (OSError, UnicodeDecodeError, IndexError, ValueError):
+            continue
+        if parent == torchrun_pid and "RANK" in variables:
+            ranks[int(variables["RANK"])] = int(environ.parent.name)
+    return ranks
