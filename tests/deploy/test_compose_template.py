@@ -101,7 +101,7 @@ def test_container_is_confined_and_attached_to_the_overlay(tmp_path):
     assert (env["RUN_ID"], env["TRAIN_PRESET"]) == ("shakespeare-cpu", "cpu")
     assert not [name for name in env if name.startswith("CHARGPT_")]
     assert (env["TRAIN_DATA"], env["RUN_ROOT"], env["TORCHRUN_MAX_RESTARTS"]) == ("/data/input.txt", "/runs", "3")
-    assert "cpus" not in service  # no CPU limit unless configured
+    assert "cpus" not in service and "cpu_shares" not in service  # no CPU limit or weight unless configured
 
 
 def test_container_gets_no_privileges_and_a_read_only_image(tmp_path):
@@ -123,8 +123,9 @@ def test_torch_compile_may_run_what_it_builds_in_tmp(tmp_path):
 
 def test_cpu_and_memory_limits(tmp_path):
     service = render(tmp_path, ["node1"], [], group_vars={"trainer_cpus": "1.5", "trainer_memory_limit": "3g",
-                                                          "trainer_tmp_size": "1g"})["node1"]["services"]["trainer"]
-    assert (service["cpus"], service["mem_limit"]) == (1.5, "3g")
+                                                          "trainer_tmp_size": "1g", "trainer_cpu_shares": 2}
+                     )["node1"]["services"]["trainer"]
+    assert (service["cpus"], service["cpu_shares"], service["mem_limit"]) == (1.5, 2, "3g")
     assert "size=1g" in service["tmpfs"][0].split(":", 1)[1].split(",")
 
 

@@ -107,6 +107,7 @@ OUT_OF_RANGE = [
     ("trainer_cpus", "two", 'a number of CPUs above 0 such as "2"'),
     ("trainer_cpus", "0", 'a number of CPUs above 0 such as "2"'),
     ("trainer_tmp_size", "lots", 'a size such as "512m"'),
+    ("trainer_cpu_shares", 1, "an integer from 2 to 262144, or 0 for the engine's default"),
 ]
 
 

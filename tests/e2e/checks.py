@@ -260,7 +260,8 @@ def check_trainers_are_confined(cluster: Cluster) -> None:
 
 def check_trainers_have_their_limits(cluster: Cluster) -> None:
     """The limits that the inventory sets, or else the trainer role's defaults, reach every trainer:
-    memory, /dev/shm, processes, the CPUs it may run on and its CPU time (none when trainer_cpus is empty)."""
+    memory, /dev/shm, processes, the CPUs it may run on, its CPU weight (the engine's default when
+    trainer_cpu_shares is 0) and its CPU time (none when trainer_cpus is empty)."""
     def check(name):
         container = cluster.trainer_container(name)
         host_config = container.raw["HostConfig"]
@@ -268,7 +269,8 @@ def check_trainers_have_their_limits(cluster: Cluster) -> None:
         expected = {"Memory": docker_bytes(setting("trainer_memory_limit")),
                     "ShmSize": docker_bytes(setting("trainer_shm_size")),
                     "PidsLimit": int(setting("trainer_pids_limit")),
-                    "CpusetCpus": str(setting("trainer_cpuset"))}
+                    "CpusetCpus": str(setting("trainer_cpuset")),
+                    "CpuShares": int(setting("trainer_cpu_shares"))}
         for field, value in expected.items():
             assert host_config.get(field) == value, (
                 f"{container.name}'s {field} is {host_config.get(field)!r}, not {value!r}")

@@ -167,13 +167,6 @@ class FaultRun:
         on_host(host, "kill", f"-{signal}", str(pid))
         return pid, injected_at
 
-    def yield_cpu(self) -> None:
-        """Renice every thread of the training processes to 19: on a machine of few cores the playbook
-        under test then gets the CPU first, and the run, not the playbook, stretches."""
-        for host in self.cluster.names:
-            pid = self.training_pid(host)
-            on_host(host, "sh", "-c", f"renice -n 19 -p $(ls /proc/{pid}/task) >/dev/null")
-
     def container_state(self, host: str) -> dict:
         """ID, start time, restart count and status of host's trainer container."""
         output = on_host(host, "docker", "inspect", "--format",

@@ -17,14 +17,15 @@ DEFAULT_TRAINER = {
     "HostConfig": {
         "CapDrop": ["ALL"], "CapAdd": None, "Privileged": False, "SecurityOpt": ["no-new-privileges:true"],
         "ReadonlyRootfs": True, "Tmpfs": {"/tmp": "size=512m,mode=1777,nosuid,nodev,noexec"},
-        "Memory": 8589934592, "ShmSize": 1073741824, "PidsLimit": 4096, "CpusetCpus": "", "NanoCpus": 0},
+        "Memory": 8589934592, "ShmSize": 1073741824, "PidsLimit": 4096, "CpusetCpus": "", "NanoCpus": 0,
+        "CpuShares": 0},
     "Mounts": [{"Destination": "/data", "RW": False}, {"Destination": "/runs/run1", "RW": True}],
 }
 # An inventory that sets every limit, and the trainer deployed with it.
 SETTINGS = {"trainer_memory_limit": "3g", "trainer_shm_size": "256m", "trainer_pids_limit": 100,
-            "trainer_cpuset": "0-1", "trainer_cpus": "1.5", "trainer_tmp_size": "1g"}
+            "trainer_cpuset": "0-1", "trainer_cpus": "1.5", "trainer_cpu_shares": 2, "trainer_tmp_size": "1g"}
 SET_FIELDS = {"Memory": 3 * 2**30, "ShmSize": 256 * 2**20, "PidsLimit": 100, "CpusetCpus": "0-1",
-              "NanoCpus": 1_500_000_000, "Tmpfs": {"/tmp": "size=1g,mode=1777,nosuid,nodev,noexec"}}
+              "NanoCpus": 1_500_000_000, "CpuShares": 2, "Tmpfs": {"/tmp": "size=1g,mode=1777,nosuid,nodev,noexec"}}
 
 
 class OneHost:
@@ -103,6 +104,7 @@ def test_a_trainer_without_its_tmp_fails(host_config, shown):
     ({"PidsLimit": None}, "PidsLimit is None, not 4096"),
     ({"CpusetCpus": "0-3"}, "CpusetCpus is '0-3', not ''"),
     ({"NanoCpus": 2_000_000_000}, "NanoCpus is 2000000000, not 0"),
+    ({"CpuShares": 2}, "CpuShares is 2, not 0"),
 ])
 def test_a_trainer_off_the_roles_defaults_fails(host_config, shown):
     with pytest.raises(AssertionError, match=shown):
