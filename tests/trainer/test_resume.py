@@ -106,7 +106,7 @@ def test_settings_of_how_the_run_is_watched_or_run_change_freely(tmp_path, corpu
     save(run_dir, 40, smoke(), corpus)
     runtime = dict(log_interval="3", eval_interval="7", eval_batches="2", checkpoint_interval="9",
                    keep_checkpoints="5", sample_chars="50", sample_temperature="0.7", sample_top_k="4",
-                   device="cpu", compile="true", num_threads="1", dist_timeout_s="30",
+                   device="cpu", compile="true", num_threads="1", dist_timeout_s="30", dead_peer_timeout_s="20",
                    allow_config_change="max_steps")
     assert set(runtime) == RUNTIME_KEYS
     assert find_resume_state(run_dir, smoke(**runtime), corpus, warn=pytest.fail).step == 40
