@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from chargpt.liveness import beat_interval
 
 from harness.inventory import Inventory
 from harness.playbook import assert_succeeded
@@ -44,8 +45,8 @@ MASTER_LOSS_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=MASTER_LOSS_AFTER_STEP
                              dead_peer_timeout_s=DEAD_PEER_TIMEOUT_S)
 DEAD_PEER_LINE = re.compile(r"\[chargpt\] rank \d+: (the group's store .* did not answer|rank \d+ gave no sign of "
                             r"life) for \d+ s")
-# How late the line may come: the timeout, two beats (liveness.beat_interval), and a margin.
-DEAD_PEER_NOTICE_LIMIT_S = DEAD_PEER_TIMEOUT_S + 2 * 5 + 10
+# How late the line may come: the timeout, two beats, and a margin.
+DEAD_PEER_NOTICE_LIMIT_S = DEAD_PEER_TIMEOUT_S + 2 * beat_interval(DEAD_PEER_TIMEOUT_S) + 10
 
 
 def lab_hosts(lab) -> list[str]:
