@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import pytest
 
-from chargpt import checkpoint
+from chargpt import checkpoint, cli
 from chargpt.config import TrainConfig
 from chargpt.resume import experiment_id
 from conftest import chargpt_command, run_process, snapshot, torchrun_command
@@ -22,6 +23,9 @@ def finished_run(corpus_path, tmp_path_factory):
     assert result.returncode == 0, result.stderr
     assert "sample (200 characters)" in result.stdout
     assert "[chargpt] step 1/80 | loss " in result.stdout  # the first step of every start is logged
+    # A single process joins no group, but says so as every rank of a group does: the deployment's
+    # start wait (roles/trainer/tasks/started_round.yml) waits for this line on every host.
+    assert "[chargpt] process group: backend=none world_size=1" in result.stdout
     assert (run_dir / "sample.txt").read_text() in result.stdout
     return run_dir
 
@@ -31,6 +35,24 @@ def bad_corpus(tmp_path, content: bytes | None):
     if content is not None:
         path.write_bytes(content)
     return str(path)
+
+
+# Through the real command line (a process of its own: its exit status, and nothing else on its
+# stderr); the other cases call the command's entry point, chargpt.cli.main, in the test's process.
+REAL_PROCESS_CASES = {"bad preset", "other corpus in run dir"}
+
+
+def main_in_this_process(monkeypatch, capsys, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """chargpt.cli.main(argv) with the environment a subprocess of run_process would get: its exit
+    status and what it wrote to stderr."""
+    for key in [key for key in os.environ if key.startswith("CHARGPT_")
+                or key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    returncode = cli.main(argv)
+    return returncode, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -49,7 +71,7 @@ def bad_corpus(tmp_path, content: bytes | None):
     ("model shape allowed to change", "allow_config_change names n_embd, which set the model's shape"),
 ])
 def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
-        finished_run, corpus_path, tmp_path, case, expected):
+        finished_run, corpus_path, tmp_path, monkeypatch, capsys, case, expected):
     data, preset, extra, env = str(corpus_path), "smoke", [], {}
     if case == "missing corpus":
         data = bad_corpus(tmp_path, None)
@@ -78,11 +100,15 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_run_dir_intact(
     elif case == "model shape allowed to change":
         extra = ["--set", "n_embd=32", "--set", "allow_config_change=n_embd"]
     before = snapshot(finished_run)
-    result = run_process(chargpt_command("train", "--data", data, "--preset", preset,
-                                         "--run-dir", str(finished_run), *extra), **env)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("chargpt: error: ") and expected in lines[0], result.stderr
+    argv = ["train", "--data", data, "--preset", preset, "--run-dir", str(finished_run), *extra]
+    if case in REAL_PROCESS_CASES:
+        result = run_process(chargpt_command(*argv), **env)
+        returncode, stderr = result.returncode, result.stderr
+    else:
+        returncode, stderr = main_in_this_process(monkeypatch, capsys, argv, env)
+    assert returncode == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chargpt: error: ") and expected in lines[0], stderr
     assert snapshot(finished_run) == before
 
 
