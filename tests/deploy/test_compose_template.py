@@ -1,4 +1,4 @@
-"""The per-host compose files, rendered by the trainer role for 1-, 2- and 3-host inventories:
+"""The per-host compose files, rendered by the trainer role for 1- to 11-host inventories:
 right rank, world size, master address and interface, and nothing else differs between hosts."""
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def without_per_host_values(compose: dict) -> dict:
     return compose
 
 
-@pytest.mark.parametrize("hosts", [1, 2, 3])
+@pytest.mark.parametrize("hosts", [1, 2, 11])
 def test_ranks_world_size_and_master_address(tmp_path, hosts):
+    """Eleven hosts also show that the node addresses sort in rank order: torchrun's c10d rendezvous
+    numbers the nodes by sorting their addresses, and a plain number would put rank 10 before 2."""
     names = [f"node{i}" for i in range(1, hosts + 1)]
     files = render(tmp_path, names[:1], names[1:])
     for rank, name in enumerate(names):
@@ -75,6 +77,8 @@ def test_ranks_world_size_and_master_address(tmp_path, hosts):
     reference = without_per_host_values(files[names[0]])
     for name in names[1:]:
         assert without_per_host_values(files[name]) == reference
+    addresses = [files[name]["services"]["trainer"]["environment"]["NODE_ADDR"] for name in names]
+    assert sorted(addresses) == addresses and len(set(addresses)) == hosts
 
 
 def test_container_is_confined_and_attached_to_the_overlay(tmp_path):
@@ -115,18 +119,16 @@ def test_container_gets_no_privileges_and_a_read_only_image(tmp_path):
     assert service["environment"]["HOME"] == "/tmp"
 
 
-def test_torch_compile_may_run_what_it_builds_in_tmp(tmp_path):
-    service = render(tmp_path, ["node1"], [], group_vars={"trainer_overrides": {"compile": True}})["node1"]
-    options = service["services"]["trainer"]["tmpfs"][0].split(":", 1)[1].split(",")
+def test_torch_compile_and_resource_limits(tmp_path):
+    """compile=True lets the tmpfs run what torch.compile builds there; CPU, weight, memory and tmp
+    size reach the service."""
+    service = render(tmp_path, ["node1"], [], group_vars={
+        "trainer_overrides": {"compile": True}, "trainer_cpus": "1.5", "trainer_memory_limit": "3g",
+        "trainer_tmp_size": "1g", "trainer_cpu_shares": 2})["node1"]["services"]["trainer"]
+    options = service["tmpfs"][0].split(":", 1)[1].split(",")
     assert "exec" in options and "noexec" not in options
-
-
-def test_cpu_and_memory_limits(tmp_path):
-    service = render(tmp_path, ["node1"], [], group_vars={"trainer_cpus": "1.5", "trainer_memory_limit": "3g",
-                                                          "trainer_tmp_size": "1g", "trainer_cpu_shares": 2}
-                     )["node1"]["services"]["trainer"]
     assert (service["cpus"], service["cpu_shares"], service["mem_limit"]) == (1.5, 2, "3g")
-    assert "size=1g" in service["tmpfs"][0].split(":", 1)[1].split(",")
+    assert "size=1g" in options
 
 
 def test_settings_reach_every_host(tmp_path):
@@ -158,16 +160,19 @@ def test_settings_reach_every_host(tmp_path):
         assert files[name]["networks"]["overlay"]["name"] == "other-net"
 
 
-def test_host_rank_and_interface_overrides(tmp_path):
+def test_host_rank_interface_and_cpuset_overrides(tmp_path):
     # node3 is listed before node2 but asks for rank 1; node2 takes rank 2. Interfaces differ per host.
     files = render(tmp_path, ["node1"], ["node3", "node2"], host_vars={
         "node3": {"cluster_node_rank": 1, "trainer_gloo_socket_ifname": "eth1"},
-        "node2": {"cluster_node_rank": 2}})
+        "node2": {"cluster_node_rank": 2, "trainer_cpuset": "0,2-3"}})
     env = {name: files[name]["services"]["trainer"]["environment"] for name in files}
     assert (env["node1"]["NODE_RANK"], env["node3"]["NODE_RANK"], env["node2"]["NODE_RANK"]) == ("0", "1", "2")
     assert env["node3"]["GLOO_SOCKET_IFNAME"] == "eth1"
     assert env["node2"]["GLOO_SOCKET_IFNAME"] == "auto"
     assert without_per_host_values(files["node3"]) == without_per_host_values(files["node1"])
+    # trainer_cpuset pins only the host that sets it.
+    assert "cpuset" not in files["node1"]["services"]["trainer"]
+    assert files["node2"]["services"]["trainer"]["cpuset"] == "0,2-3"
 
 
 def test_second_render_changes_nothing(tmp_path):
@@ -176,15 +181,6 @@ def test_second_render_changes_nothing(tmp_path):
     result = run_playbook("tests/deploy/render_compose.yml", inventory)
     assert result.returncode == 0, output(result)
     assert result.recap and not result.changed_hosts(), result.recap
-
-
-def test_node_addresses_sort_in_rank_order(tmp_path):
-    """torchrun's c10d rendezvous numbers the nodes by sorting their addresses; with 11 hosts a
-    plain number would put rank 10 before rank 2."""
-    names = [f"node{i}" for i in range(1, 12)]
-    files = render(tmp_path, names[:1], names[1:])
-    addresses = [files[name]["services"]["trainer"]["environment"]["NODE_ADDR"] for name in names]
-    assert sorted(addresses) == addresses and len(set(addresses)) == 11
 
 
 def test_no_compose_file_for_a_host_missing_from_the_play(tmp_path):
@@ -199,12 +195,6 @@ def test_no_compose_file_for_a_host_missing_from_the_play(tmp_path):
     assert result.returncode != 0, text
     assert "node3 dropped out of this play" in text and "world size of 3 that cannot form" in text
     assert not out.exists()
-
-
-def test_cpuset_pins_only_the_hosts_that_set_it(tmp_path):
-    files = render(tmp_path, ["node1"], ["node2"], host_vars={"node2": {"trainer_cpuset": "0,2-3"}})
-    assert "cpuset" not in files["node1"]["services"]["trainer"]
-    assert files["node2"]["services"]["trainer"]["cpuset"] == "0,2-3"
 
 
 def test_environment_values_stay_out_of_the_diff(tmp_path):

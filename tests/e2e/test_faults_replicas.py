@@ -103,25 +103,22 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
     first, second, joining = (full.master + full.workers)[:3]
     two_hosts = full.without(joining).write(tmp_path / "two-hosts.yml")
     joining_container = Cluster(lab.inventory).trainer_container_name(joining)
-    # The third host gets its engine, its swarm membership and the image before the run starts, so
-    # that adding it to the run is the trainer stage's work alone.
-    provisioned = lab.playbook("site.yml", "--tags", "docker,swarm,overlay_network,trainer_image", "-e",
-                               json.dumps(run_vars("faults-add-remove-provision", REPLICA_OVERRIDES)),
-                               log_name="faults-site-provision-third-host")
-    assert_succeeded(provisioned)
-    # The image reached the new host from the cluster's registry, over mutual TLS.
-    assert f"trainer : Pull the image from the registry: {joining}" in provisioned.changed_tasks(), (
-        f"{joining} did not pull the image from the cluster's registry (log {provisioned.log})")
-    assert "trainer : Wait until the registry answers over mutual TLS" in provisioned.ran_tasks(), provisioned.log
     overrides = ADD_REMOVE_OVERRIDES
-    with recording(fault_lab, CaseResult("10a", "a third host (empty disk) added to a training run by site.yml, "
-                                                "then removed again, then docker stop of the trainers", "")) as result:
+    with recording(fault_lab, CaseResult("10a", "a third host (empty disk, no engine) added to a training run by "
+                                                "site.yml, then removed again, then docker stop of the trainers",
+                                         "")) as result:
         run = fault_lab.start("faults-add-remove", overrides, inventory=two_hosts)
         run.wait_for_step(INJECT_AFTER_STEP)
         started = now()
+        # One site.yml gives the new host its engine, its swarm membership and the image, then
+        # restarts the group with it: the two hosts train on until the trainer stage.
         added = lab.playbook("site.yml", "-e", json.dumps(run_vars(run.run_id, overrides)),
                              log_name="faults-site-add-host")
         assert_succeeded(added)
+        # The image reached the new host from the cluster's registry, over mutual TLS.
+        assert f"trainer : Pull the image from the registry: {joining}" in added.changed_tasks(), (
+            f"{joining} did not pull the image from the cluster's registry (log {added.log})")
+        assert "trainer : Wait until the registry answers over mutual TLS" in added.ran_tasks(), added.log
         resumed = assert_no_step_lost(run, world_size=3)
         result.details.update(added_at_step=resumed, add_recovery_s=first_step_after(run, resumed, started))
         received = on_host(joining, "docker", "logs", joining_container, check=False)
