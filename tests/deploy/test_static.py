@@ -14,12 +14,12 @@ from harness.roles import role_task_names
 
 from .helpers import REPO, ansible_env, tool
 
-ROLES = ["cluster", "validate_inventory", "docker", "swarm", "overlay_network", "trainer"]
+ROLES = ["cluster", "validate_inventory", "docker", "swarm", "overlay_network", "trainer", "run_logs"]
 STAGES = ["docker", "swarm", "overlay_network", "trainer"]
 
 
 @pytest.mark.parametrize("playbook", ["site.yml", "playbooks/site.yml", "playbooks/teardown.yml", "playbooks/layout.yml",
-                                      "playbooks/status.yml",
+                                      "playbooks/status.yml", "playbooks/logs.yml",
                                       *[f"playbooks/{stage}.yml" for stage in STAGES]])
 def test_playbook_syntax(playbook):
     result = subprocess.run(
@@ -87,7 +87,7 @@ def test_teardown_checks_the_inventory_first():
     assert first["roles"] == [{"role": "validate_inventory"}] and first["any_errors_fatal"]
 
 
-@pytest.mark.parametrize("role", ["validate_inventory", "swarm", "overlay_network", "trainer"])
+@pytest.mark.parametrize("role", ["validate_inventory", "swarm", "overlay_network", "trainer", "run_logs"])
 def test_roles_read_the_layout_from_the_cluster_role(role):
     meta = yaml.safe_load((REPO / "roles" / role / "meta" / "main.yml").read_text())
     assert {"role": "cluster"} in meta["dependencies"]

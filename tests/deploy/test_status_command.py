@@ -4,8 +4,6 @@ the command's exit status, output and the arguments it passed on."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,14 +11,12 @@ import sys
 
 import pytest
 
-from .helpers import REPO
+from .helpers import REPO, bin_command_module, stand_in_playbook
 
 COMMAND = REPO / "bin" / "chargpt-status"
 FINISHED, FAILED, USAGE, RUNNING, UNKNOWN, STOPPED = 0, 1, 2, 3, 4, 5
 
-_loader = importlib.machinery.SourceFileLoader("chargpt_status", str(COMMAND))
-chargpt_status = importlib.util.module_from_spec(importlib.util.spec_from_loader("chargpt_status", _loader))
-_loader.exec_module(chargpt_status)
+chargpt_status = bin_command_module("chargpt-status")
 
 # Each call takes the next round: {"state", "rc", "unread_hosts"} keeps a record; without "state", none.
 FAKE_PLAYBOOK = f"""#!{sys.executable}
@@ -50,15 +46,7 @@ sys.exit(round_["rc"])
 @pytest.fixture
 def fake_playbook(tmp_path):
     """A function that sets the rounds the stand-in ansible-playbook plays and runs the command."""
-    (tmp_path / "ansible-playbook").write_text(FAKE_PLAYBOOK)
-    (tmp_path / "ansible-playbook").chmod(0o755)
-    env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", FAKE_STATUS_DIR=str(tmp_path))
-
-    def run(rounds: list[dict], *args: str) -> subprocess.CompletedProcess:
-        (tmp_path / "rounds.json").write_text(json.dumps(rounds))
-        return subprocess.run([str(COMMAND), *args], env=env, capture_output=True, text=True, timeout=60)
-    run.calls = lambda: [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
-    return run
+    return stand_in_playbook(tmp_path, FAKE_PLAYBOOK, COMMAND, "FAKE_STATUS_DIR")
 
 
 @pytest.mark.parametrize("state, playbook_rc, code", [

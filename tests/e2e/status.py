@@ -1,5 +1,5 @@
 """playbooks/status.yml against a lab: its state word and its table, as a person reads them; and
-bin/chargpt-status right after it, whose exit status a script reads."""
+bin/chargpt-status right after it, whose exit status a script reads; the other commands of bin/."""
 
 from __future__ import annotations
 
@@ -54,10 +54,13 @@ def status(lab: Lab, hosts: list[str], *args: str, log_name: str, inventory: Pat
 
 
 def status_command(lab: Lab, *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess:
-    """bin/chargpt-status against the lab (or another inventory of its hosts), with the lab's
+    return bin_command("chargpt-status", lab, *args, inventory=inventory)
+
+
+def bin_command(name: str, lab: Lab, *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess:
+    """A command of bin/ against the lab (or another inventory of its hosts), with the lab's
     variables, from outside the repository."""
     ansible_bin = Path(tool("ansible-playbook")).parent
     env = ansible_env(PATH=f"{ansible_bin}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run([str(REPO / "bin" / "chargpt-status"), "-i", str(inventory or lab.inventory),
-                           *lab.playbook_vars, *args],
+    return subprocess.run([str(REPO / "bin" / name), "-i", str(inventory or lab.inventory), *lab.playbook_vars, *args],
                           cwd=REPO.parent, env=env, capture_output=True, text=True, timeout=300)

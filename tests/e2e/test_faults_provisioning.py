@@ -27,11 +27,15 @@ from .cluster import WORLD_SIZE_LABEL, Cluster
 from .fault_lab import (LONG_OVERRIDES, InOrder, assert_refused_another_corpus, changed_corpus, deploy, recording,
                         run_vars, stop_trainers)
 from .faults import RESUMED_LINE, STEP_LINE, CaseResult, FaultRun, on_host, snapshot, snapshot_differences
-from .status import RUNNING, status
+from .lab import timed
+from .status import RUNNING, bin_command, status
 
 # Never finishes while the tests run (about 25 steps a second while playbooks take the CPU).
 OVERRIDES = dict(LONG_OVERRIDES, max_steps=20000, checkpoint_interval=250)
 LONG_RUN_STEPS = ["status", "8e", "5", "7", "killed", "8b"]
+# A line of bin/chargpt-logs: time (UTC, milliseconds), host, node rank, the trainer's line.
+LOGS_LINE = re.compile(r"(?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<host>\S+) rank (?P<rank>\d+) \| "
+                       r"(?P<text>.*)")
 
 
 @dataclass
@@ -73,6 +77,14 @@ def test_status_follows_the_run_while_it_trains(fault_lab, long_run):
     assert first.run.returncode == 0, first.run.tail(30)
     assert (first.exit_code, second.exit_code) == (RUNNING, RUNNING), first.command.stderr + second.command.stdout
     long_run.containers = {host: run.container_state(host) for host in hosts}
+    # Every host's log in one place, in time order, each line with its host and node rank.
+    logs = timed("faults-logs-command", bin_command, "chargpt-logs", fault_lab.lab, "--tail", "100")
+    assert logs.returncode == 0, logs.stdout[-2000:] + logs.stderr
+    shown = [LOGS_LINE.fullmatch(line) for line in logs.stdout.splitlines()]
+    assert shown and all(shown), f"bin/chargpt-logs printed lines of another shape:\n{logs.stdout[:2000]}"
+    assert [line["at"] for line in shown] == sorted(line["at"] for line in shown), logs.stdout[:2000]
+    assert {line["host"]: int(line["rank"]) for line in shown} == {host: rank for rank, host in enumerate(hosts)}
+    assert any(line["rank"] == "0" and STEP_LINE.search(line["text"]) for line in shown), logs.stdout[-2000:]
     long_run.passed.append("status")
 
 
