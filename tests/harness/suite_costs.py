@@ -49,7 +49,7 @@ PARTS = (
          "yamllint, ansible-lint, syntax and argument specs; the preflight's refusals (every bad inventory, "
          "setting and corpus, with its message); the compose, firewall and supervisor templates rendered; "
          "the cluster role's layout against the inventory; the network probe's table and limits; the status "
-         "table and bin/chargpt-status; the harness's recap parser"),
+         "table and bin/chargpt-status; bin/chargpt-logs (merge, filters, unread hosts); the harness's recap parser"),
     Part("End to end, without a lab", ("tests/e2e/test_checks.py", "tests/e2e/test_fault_records.py",
                                        "tests/e2e/test_lab_command.py"),
          "the cluster checks judged on inspect results; the fault records and docs/RELIABILITY.md's rendering; "
@@ -64,10 +64,11 @@ PARTS = (
                                                "tests/e2e/test_faults_replicas.py"),
          "every fault case of docs/RELIABILITY.md (which it writes): bad inputs stop in preflight; refused "
          "settings, corpora and run ids; the probe's limits; seven faults on one run (five process faults, the "
-         "master's host rebooted, the worker's host cut from its power); deployments beside a training run and "
-         "its status; a host that joins a training run (the host checks on it) and leaves it, trainers stopped "
-         "(and kept stopped across a reboot), the master's host lost for good (the hosts left notice it within "
-         "dead_peer_timeout_s, the dead node pruned, the join tokens rotated)"),
+         "master's host rebooted, the worker's host cut from its power); deployments beside a training run, "
+         "its status and its merged logs; a host with no engine that joins a training run (the host checks on "
+         "it) and leaves it, trainers stopped (and kept stopped across a reboot), the master's host lost for "
+         "good (the hosts left notice it within dead_peer_timeout_s, the dead node pruned, the join tokens "
+         "rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
          "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
          "split), every cluster and artifact check, the status of the finished run"),
