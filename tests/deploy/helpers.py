@@ -17,7 +17,7 @@ from harness.inventory import write_inventory
 from harness.playbook import PlaybookRun, ansible_env, tool
 
 __all__ = ["CORPUS", "REPO", "ansible_env", "bin_command_module", "local_inventory", "output", "run_playbook",
-           "stand_in_playbook", "tool"]
+           "stand_in_playbook", "stand_in_script", "tool"]
 
 
 def local_inventory(path: Path, master: list[str], workers: list[str], managers: list[str] | None = None,
@@ -57,6 +57,24 @@ def bin_command_module(name: str) -> ModuleType:
     sys.modules[module_name] = module  # its dataclasses look their module up there
     loader.exec_module(module)
     return module
+
+
+def stand_in_script(folder_variable: str, body: str) -> str:
+    """A stand-in ansible-playbook: it records its arguments and its last -e JSON (`extra`) in
+    calls.jsonl and takes the next round of rounds.json (`round_`), both in $folder_variable's
+    folder, then runs body."""
+    return f"""#!{sys.executable}
+import json, os, sys
+from pathlib import Path
+
+folder = Path(os.environ["{folder_variable}"])
+calls = folder / "calls.jsonl"
+extra = [json.loads(value) for flag, value in zip(sys.argv, sys.argv[1:]) if flag == "-e" and value[0] == "{{"][-1]
+with calls.open("a") as sink:
+    sink.write(json.dumps({{"args": sys.argv[1:], "extra": extra}}) + "\\n")
+rounds = json.loads((folder / "rounds.json").read_text())
+round_ = rounds[min(len(calls.read_text().splitlines()), len(rounds)) - 1]
+""" + body
 
 
 def stand_in_playbook(tmp_path: Path, script: str, command: Path, folder_variable: str):

@@ -5,11 +5,10 @@ and the settings it passed on. The real playbook reads a lab's trainers in the f
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
-from .helpers import REPO, bin_command_module, stand_in_playbook
+from .helpers import REPO, bin_command_module, stand_in_playbook, stand_in_script
 
 COMMAND = REPO / "bin" / "chargpt-logs"
 OK, USAGE, UNREAD = 0, 2, 4
@@ -17,28 +16,18 @@ OK, USAGE, UNREAD = 0, 2, 4
 chargpt_logs = bin_command_module("chargpt-logs")
 
 # Each call plays the next round of rounds.json: {"hosts": {host: record}, "unreachable": [...], "rc": N}.
-FAKE_PLAYBOOK = f"""#!{sys.executable}
-import json, os, sys
-from pathlib import Path
-
-folder = Path(os.environ["FAKE_LOGS_DIR"])
-calls = folder / "calls.jsonl"
-extra = [json.loads(value) for flag, value in zip(sys.argv, sys.argv[1:]) if flag == "-e" and value[0] == "{{"][-1]
-with calls.open("a") as sink:
-    sink.write(json.dumps({{"args": sys.argv[1:], "extra": extra}}) + "\\n")
-rounds = json.loads((folder / "rounds.json").read_text())
-round_ = rounds[min(len(calls.read_text().splitlines()), len(rounds)) - 1]
+FAKE_PLAYBOOK = stand_in_script("FAKE_LOGS_DIR", """\
 out = Path(extra["run_logs_dir"])
 for host, record in round_["hosts"].items():
-    (out / f"host-{{host}}.json").write_text(json.dumps(dict(record, host=host)))
+    (out / f"host-{host}.json").write_text(json.dumps(dict(record, host=host)))
 everyone = list(round_["hosts"]) + round_.get("unreachable", [])
 if everyone and round_["hosts"]:
-    (out / "play.json").write_text(json.dumps({{"hosts": everyone, "read": list(round_["hosts"])}}))
+    (out / "play.json").write_text(json.dumps({"hosts": everyone, "read": list(round_["hosts"])}))
 print("PLAY [Read the trainer log of every host] ...")
 for host in round_.get("unreachable", []):
-    print(f"fatal: [{{host}}]: UNREACHABLE! => ssh: connect to host {{host}} port 22: Connection refused")
+    print(f"fatal: [{host}]: UNREACHABLE! => ssh: connect to host {host} port 22: Connection refused")
 sys.exit(round_.get("rc", 0))
-"""
+""")
 
 
 def log(rank: int, *lines: str) -> dict:

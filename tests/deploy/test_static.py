@@ -19,7 +19,7 @@ STAGES = ["docker", "swarm", "overlay_network", "trainer"]
 
 
 @pytest.mark.parametrize("playbook", ["site.yml", "playbooks/site.yml", "playbooks/teardown.yml", "playbooks/layout.yml",
-                                      "playbooks/status.yml", "playbooks/logs.yml",
+                                      "playbooks/status.yml", "playbooks/logs.yml", "playbooks/stop.yml",
                                       *[f"playbooks/{stage}.yml" for stage in STAGES]])
 def test_playbook_syntax(playbook):
     result = subprocess.run(

@@ -27,11 +27,11 @@ from .cluster import Cluster
 from .fault_lab import (CHECKPOINT_INTERVAL, FAULT_OVERRIDES, INJECT_AFTER_STEP, SUPERVISOR_WATCH_S, assert_completed,
                         recording, run_vars)
 from .faults import CaseResult, FaultRun, now, on_host, seconds_between
-from .status import STOPPED, status
+from .status import STOPPED, bin_command, status
 
 # Checkpoints kept long enough that the copy a new host received is still there to compare.
 REPLICA_OVERRIDES = dict(FAULT_OVERRIDES, keep_checkpoints=20)
-# A run that still trains after two playbook runs that change the cluster; it ends with docker stop.
+# A run that still trains after two playbook runs that change the cluster; bin/chargpt-stop ends it.
 ADD_REMOVE_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=20000, log_interval=10, checkpoint_interval=250,
                             eval_interval=500)
 # Where a host's supervisor records a person's docker stop of its trainer.
@@ -43,8 +43,10 @@ MASTER_LOSS_AFTER_STEP = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL // 2
 DEAD_PEER_TIMEOUT_S = 20
 MASTER_LOSS_OVERRIDES = dict(REPLICA_OVERRIDES, max_steps=MASTER_LOSS_AFTER_STEP + 4 * CHECKPOINT_INTERVAL,
                              dead_peer_timeout_s=DEAD_PEER_TIMEOUT_S)
+# The trainer's own line (chargpt.liveness), or torchrun's agent failing on the store first (its
+# keep-alive to the master's store may break before dead_peer_timeout_s runs out).
 DEAD_PEER_LINE = re.compile(r"\[chargpt\] rank \d+: (the group's store .* did not answer|rank \d+ gave no sign of "
-                            r"life) for \d+ s")
+                            r"life) for \d+ s|RendezvousConnectionError: The connection to the C10d store has failed")
 # How late the line may come: the timeout, two beats, and a margin.
 DEAD_PEER_NOTICE_LIMIT_S = DEAD_PEER_TIMEOUT_S + 2 * beat_interval(DEAD_PEER_TIMEOUT_S) + 10
 
@@ -105,7 +107,7 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
     joining_container = Cluster(lab.inventory).trainer_container_name(joining)
     overrides = ADD_REMOVE_OVERRIDES
     with recording(fault_lab, CaseResult("10a", "a third host (empty disk, no engine) added to a training run by "
-                                                "site.yml, then removed again, then docker stop of the trainers",
+                                                "site.yml, then removed again, then bin/chargpt-stop",
                                          "")) as result:
         run = fault_lab.start("faults-add-remove", overrides, inventory=two_hosts)
         run.wait_for_step(INJECT_AFTER_STEP)
@@ -145,17 +147,20 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         on_host(joining, "sh", "-c", f"systemctl stop '*-trainer.service'; docker rm -f {joining_container}",
                 check=False)
 
-        # The worker first: the master's trainer then waits for it in a rendezvous it hosts itself. A
-        # worker whose master stopped first retries a rendezvous with a store that is gone, exiting
-        # and being started again by its supervisor, where a docker stop may meet it between starts.
-        for host in (second, first):
-            on_host(host, "docker", "stop", run.container(host), timeout=120)
+        # bin/chargpt-stop: every host's trainer at once, each checkpointing the step it is in.
+        stop = bin_command("chargpt-stop", lab, "--run-id", run.run_id, inventory=two_hosts)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        result.details["chargpt_stop"] = stop.stdout.splitlines()
+        assert stop.stdout.splitlines()[0] == f"run {run.run_id}:", stop.stdout
+        for host in (first, second):
+            assert any(line.startswith(f"{host}: stopped at step ") and "(exit 143)" in line
+                       for line in stop.stdout.splitlines()), f"no line for {host}:\n{stop.stdout}"
         stopped_at = attempts(run)[-1].get("stopped_at_step")
-        assert stopped_at is not None, f"docker stop recorded no stop: {attempts(run)[-1]}"
+        assert stopped_at is not None, f"bin/chargpt-stop recorded no stop: {attempts(run)[-1]}"
         for host in (first, second):
             assert stopped_at in checkpoint_steps(host, run.run_dir), f"{host} has no checkpoint of step {stopped_at}"
         # The worker's trainer is watched as its supervisor left it; the master's across a reboot.
-        with recording(fault_lab, CaseResult("11c", "a run stopped on purpose (docker stop of its trainers), then the "
+        with recording(fault_lab, CaseResult("11c", "a run stopped on purpose (bin/chargpt-stop), then the "
                                                     "master's host rebooted", "")) as rebooted:
             rebooted_at = now()
             lab.reboot(first)
@@ -165,21 +170,38 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
             codes = {host: on_host(host, "docker", "inspect", "--format", "{{.State.ExitCode}}",
                                    run.container(host)).stdout.strip() for host in (first, second)}
             records = {host: on_host(host, "cat", STOP_RECORD, check=False).stdout.strip() for host in (first, second)}
-            result.details.update(docker_stop_at_step=stopped_at, exit_codes_after_docker_stop=codes)
+            result.details.update(stop_at_step=stopped_at, exit_codes_after_stop=codes)
             rebooted.details.update(exit_codes=codes, stop_records=records)
             assert states == {first: "exited", second: "exited"} and set(codes.values()) == {"143"}, (
-                f"after docker stop (and a reboot of {first}) the trainers are {states} with exit codes {codes}: "
+                f"after bin/chargpt-stop (and a reboot of {first}) the trainers are {states} with exit codes {codes}: "
                 f"expected exited, 143, left stopped")
-            assert all("stopped on request" in record for record in records.values()), (
+            # The supervisor, which watched the container, wrote it over bin/chargpt-stop's record.
+            assert all("stopped on request (exit 143)" in record for record in records.values()), (
                 f"the supervisors' records of the stop ({STOP_RECORD}): {records}")
             stopped = status(lab, [first, second], log_name="faults-status-stopped", inventory=two_hosts)
-            result.details["status_after_docker_stop"] = [stopped.state, stopped.exit_code]
+            result.details["status_after_stop"] = [stopped.state, stopped.exit_code]
             assert (stopped.run_id, stopped.state) == (run.run_id, "stopped"), stopped.run.tail(30)
             assert stopped.exit_code == STOPPED, stopped.command.stdout + stopped.command.stderr
             assert stopped.step(first) == stopped_at, stopped.rows
             rebooted.progress_lost_steps = 0
-            rebooted.outcome = (f"each supervisor recorded the docker stop; after {first} booted its trainer stayed "
+            rebooted.outcome = (f"each supervisor recorded the stop; after {first} booted its trainer stayed "
                                 f"stopped at step {stopped_at} (watched {SUPERVISOR_WATCH_S} s), status 'stopped'")
+        # --cancel on the stopped run: the supervisors stop and no longer start with the engine, no
+        # process of the run is left, the checkpoints stay; a run id that is not the hosts' is refused.
+        cancel = bin_command("chargpt-stop", lab, "--cancel", inventory=two_hosts)
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        for host in (first, second):
+            assert any(line.startswith(f"{host}: already stopped and cancelled") for line in cancel.stdout.splitlines()), (
+                cancel.stdout)
+            unit = on_host(host, "sh", "-c", "systemctl is-active '*-trainer.service'; "
+                                             "systemctl is-enabled '*-trainer.service'", check=False).stdout.split()
+            assert unit[:1] != ["active"] and "enabled" not in unit, f"{host}'s supervisor after --cancel: {unit}"
+            assert run.container_state(host)["status"] == "exited", run.container_state(host)
+            assert stopped_at in checkpoint_steps(host, run.run_dir), f"--cancel took {host}'s checkpoint {stopped_at}"
+        refused = bin_command("chargpt-stop", lab, "--run-id", "no-such-run", inventory=two_hosts)
+        assert refused.returncode == 1 and "Run no-such-run is not running on any host" in refused.stderr, (
+            refused.stdout + refused.stderr)
+        result.details["chargpt_stop_cancel"] = cancel.stdout.splitlines()
         # The host that joined is a host of the cluster like the others (checked once the trainers
         # stopped, so that the checks do not compete with a run for the two cores).
         three_hosts = Cluster(lab.inventory)
@@ -189,9 +211,10 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
         result.recovery_s = result.details["add_recovery_s"]
         result.outcome = (f"added at step {resumed}: every host checkpointed it, {joining} received it (its copy "
                           f"matches the master's) and the group of 3 resumed from it; removed at step "
-                          f"{resumed_again}, resumed at world size 2 from that step; docker stop at step "
+                          f"{resumed_again}, resumed at world size 2 from that step; bin/chargpt-stop at step "
                           f"{stopped_at}: checkpointed on both hosts, exit 143, left stopped; status 'stopped', "
-                          f"exit {STOPPED}")
+                          f"exit {STOPPED}; --cancel stopped the supervisors, checkpoints kept; another run id "
+                          f"refused")
 
 
 def checkpoint_steps(host: str, run_dir: str) -> list[int]:

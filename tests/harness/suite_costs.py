@@ -49,7 +49,8 @@ PARTS = (
          "yamllint, ansible-lint, syntax and argument specs; the preflight's refusals (every bad inventory, "
          "setting and corpus, with its message); the compose, firewall and supervisor templates rendered; "
          "the cluster role's layout against the inventory; the network probe's table and limits; the status "
-         "table and bin/chargpt-status; bin/chargpt-logs (merge, filters, unread hosts); the harness's recap parser"),
+         "table and bin/chargpt-status; bin/chargpt-logs (merge, filters, unread hosts) and bin/chargpt-stop; the "
+         "harness's recap parser"),
     Part("End to end, without a lab", ("tests/e2e/test_checks.py", "tests/e2e/test_fault_records.py",
                                        "tests/e2e/test_lab_command.py"),
          "the cluster checks judged on inspect results; the fault records and docs/RELIABILITY.md's rendering; "
@@ -66,7 +67,8 @@ PARTS = (
          "settings, corpora and run ids; the probe's limits; seven faults on one run (five process faults, the "
          "master's host rebooted, the worker's host cut from its power); deployments beside a training run, "
          "its status and its merged logs; a host with no engine that joins a training run (the host checks on "
-         "it) and leaves it, trainers stopped (and kept stopped across a reboot), the master's host lost for "
+         "it) and leaves it, trainers stopped by bin/chargpt-stop (kept stopped across a reboot; --cancel; "
+         "another run id refused), the master's host lost for "
          "good (the hosts left notice it within dead_peer_timeout_s, the dead node pruned, the join tokens "
          "rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
