@@ -57,6 +57,46 @@ start_docker_engine() {
 
 # Every collection but the ones the roles and playbooks use (community.docker, community.crypto).
 UNUSED_COLLECTIONS='ansible_collections/(?!community/(docker|crypto)/)'
+# uv installs requirements.txt: it downloads in parallel and links from its cache.
+UV_VERSION=0.13.9
+
+# pip's value for one of its options, given what `pip config list` prints: its environment
+# variable, else its config files.
+pip_option() {
+    local section value
+    for section in :env: install global; do
+        value="$(sed -n "s/^$section\.$1='\(.*\)'\$/\1/p" <<<"$2")"
+        [[ -n "$value" ]] && { printf '%s\n' "$value"; return 0; }
+    done
+    return 0
+}
+
+# Installs requirements.txt with uv, run from a folder outside .venv so that .venv holds the same
+# packages as after pip. uv reads none of pip's configuration: its indexes, find-links (where the
+# CPU-only torch wheel is: without it torch 2.13.0 comes from PyPI with gigabytes of CUDA
+# packages), constraints and CA bundle are handed over, and every index is searched, as pip does.
+# Fails when uv cannot be installed or cannot install, and pip does it then.
+uv_install() {
+    local uv_dir pip_config args=() env=() item rc=0
+    uv_dir="$(mktemp -d)"
+    pip_quiet install -q --disable-pip-version-check --target "$uv_dir" "uv==$UV_VERSION" >/dev/null ||
+        { rm -rf "$uv_dir"; return 1; }
+    pip_config="$("$VENV/bin/pip" config list 2>/dev/null)" || true
+    item="$(pip_option index-url "$pip_config")"
+    [[ -z "$item" ]] || args+=(--index-url "$item")
+    for item in $(pip_option extra-index-url "$pip_config"); do args+=(--extra-index-url "$item"); done
+    # pip passes over a local find-links folder that does not exist; uv would stop on it.
+    for item in $(pip_option find-links "$pip_config"); do
+        [[ "$item" == *://* && "$item" != file://* || -e "${item#file://}" ]] && args+=(--find-links "$item")
+    done
+    for item in $(pip_option constraint "$pip_config"); do args+=(--constraint "$item"); done
+    item="$(pip_option cert "$pip_config")"
+    [[ -z "$item" ]] || env+=(SSL_CERT_FILE="$item")
+    env "${env[@]}" "$uv_dir/bin/uv" pip install -q --no-config --python "$VENV/bin/python" \
+        --index-strategy unsafe-best-match "${args[@]}" -r "$REPO_DIR/requirements.txt" || rc=$?
+    rm -rf "$uv_dir"
+    return "$rc"
+}
 
 create_venv() {
     local stamp="$VENV/.chargpt-requirements" want
@@ -66,7 +106,10 @@ create_venv() {
         log "installing requirements.txt into .venv"
         # pip compiles every module it installs one file at a time (about 45 of the 60 s here, most
         # of it for collections the project never loads); compileall does it on every core at once.
-        pip_quiet install -q --disable-pip-version-check --no-compile -r "$REPO_DIR/requirements.txt"
+        uv_install || {
+            log "uv $UV_VERSION could not install requirements.txt: installing it with pip"
+            pip_quiet install -q --disable-pip-version-check --no-compile -r "$REPO_DIR/requirements.txt"
+        }
         # A few files need a newer Python (torch's tests) and fail to compile, as they do under pip.
         # Of the collections the ansible package ships, the roles use two: the other 15,000 or so
         # modules would double the time, for files that are never loaded.
