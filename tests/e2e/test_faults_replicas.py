@@ -183,6 +183,9 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
             assert (stopped.run_id, stopped.state) == (run.run_id, "stopped"), stopped.run.tail(30)
             assert stopped.exit_code == STOPPED, stopped.command.stdout + stopped.command.stderr
             assert stopped.step(first) == stopped_at, stopped.rows
+            # A stop on request is no error: no host's error line under the table.
+            errors = [line for line in stopped.command.stdout.splitlines() if line.startswith((f"{first}:", f"{second}:"))]
+            assert not errors, f"bin/chargpt-status shows error lines for a stopped run: {errors}"
             rebooted.progress_lost_steps = 0
             rebooted.outcome = (f"each supervisor recorded the stop; after {first} booted its trainer stayed "
                                 f"stopped at step {stopped_at} (watched {SUPERVISOR_WATCH_S} s), status 'stopped'")
