@@ -44,7 +44,8 @@ start_docker_engine() {
     else
         ((EUID == 0)) || die "no Docker engine answers and starting dockerd needs root: run this as root"
         log "no Docker engine answers and there is no systemd: starting dockerd (log $DOCKERD_LOG)"
-        nohup dockerd >>"$DOCKERD_LOG" 2>&1 &
+        # A session of its own: the engine outlives the shell (and process group) that started it.
+        setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 &
         echo $! >"$DOCKERD_PIDFILE"
     fi
     local deadline=$((SECONDS + 60))
