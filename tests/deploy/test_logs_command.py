@@ -5,6 +5,8 @@ and the settings it passed on. The real playbook reads a lab's trainers in the f
 
 from __future__ import annotations
 
+import subprocess
+
 
 import pytest
 
@@ -118,7 +120,8 @@ def test_follow_prints_each_line_once_and_reads_on_from_the_newest(monkeypatch, 
     """Two rounds: the second reads from the newest line's time on and gets that line again."""
     first = [chargpt_logs.Line("2026-12-07T10:00:01.000000000Z", 0, "node-1", "a")]
     second = first + [chargpt_logs.Line("2026-12-07T10:00:02.000000000Z", 1, "node-2", "b")]
-    readings = iter([chargpt_logs.Reading(first, {}, 2, "", 0), chargpt_logs.Reading(second, {}, 2, "", 0)])
+    played = subprocess.CompletedProcess([], 0, "")
+    readings = iter([chargpt_logs.Reading(first, {}, 2, played), chargpt_logs.Reading(second, {}, 2, played)])
     sinces = []
 
     def read_logs(options, since):
