@@ -52,8 +52,7 @@ train() {
     # stderr and its exit status (2), instead of in every worker of every restart. It gets the
     # same arguments as train (extra ones, such as --set, first).
     check_status=0
-    chargpt check "$@" --data "$TRAIN_DATA" --preset "$TRAIN_PRESET" --world-size "$((NNODES * NPROC_PER_NODE))" \
-        --run-dir "$RUN_ROOT/$RUN_ID" || check_status=$?
+    check_run "$@" || check_status=$?
     [ "$check_status" -eq 0 ] || exit "$check_status"
 
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
@@ -69,6 +68,21 @@ train() {
         --max-restarts="$TORCHRUN_MAX_RESTARTS" \
         -m chargpt train "$@" &
     run_torchrun_until_done "$!"
+    if [ "$status" -ne 0 ]; then
+        # A run that stopped for good (diverged, exit 4) fails in every restart of torchrun, which then
+        # exits 1. The check refuses it with the trainer's own status, which the supervisor leaves stopped.
+        check_status=0
+        check_run "$@" >/dev/null || check_status=$?
+        case "$check_status" in
+            2 | 4) exit "$check_status" ;;
+        esac
+    fi
+    exit "$status"
+}
+
+check_run() {
+    chargpt check "$@" --data "$TRAIN_DATA" --preset "$TRAIN_PRESET" --world-size "$((NNODES * NPROC_PER_NODE))" \
+        --run-dir "$RUN_ROOT/$RUN_ID"
 }
 
 # torchrun passes SIGTERM (docker stop, compose replacing the container) on to the trainers, which
@@ -79,7 +93,8 @@ STOPPED_EXIT=143
 run_torchrun_until_done() {
     torchrun_pid=$1
     stop_requested=false
-    trap 'stop_requested=true; interrupted=true; kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM INT
+    trap 'stop_requested=true; interrupted=true; kill -TERM "$torchrun_pid" 2>/dev/null || true
+          stop_idle_agent "$torchrun_pid" &' TERM INT
     # A trapped signal ends `wait` early with 128+signal. The shell keeps torchrun's own status once
     # it has exited (even if it was reaped while the trap ran), so waiting again returns that status.
     interrupted=true
@@ -92,7 +107,18 @@ run_torchrun_until_done() {
         echo "entrypoint: stopped on request (torchrun exited $status); exiting $STOPPED_EXIT" >&2
         exit "$STOPPED_EXIT"
     fi
-    exit "$status"
+}
+
+# torchrun with no trainer process (between two attempts, waiting in the rendezvous for a host that
+# is gone) has no step to checkpoint, yet its wait on the rendezvous store can outlast the stop's
+# whole grace period. It is killed when it runs no trainer IDLE_AGENT_STOP_S after SIGTERM.
+IDLE_AGENT_STOP_S=2
+stop_idle_agent() {
+    sleep "$IDLE_AGENT_STOP_S"
+    if kill -0 "$1" 2>/dev/null && ! grep -qs "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status; then
+        echo "entrypoint: torchrun runs no trainer ${IDLE_AGENT_STOP_S} s after SIGTERM (it waits for its group): killing it" >&2
+        kill -KILL "$1" 2>/dev/null || true
+    fi
 }
 
 command="${1:-train}"

@@ -7,12 +7,14 @@ runs the same checks. It only reads: nothing in the run directory changes.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from .config import TrainConfig, build_config, parse_assignments
 from .data import Corpus, load_corpus
+from .memory import MemoryEstimate, check_fits, estimate, parse_size
 from .model_config import model_args
 from .resume import Resume, experiment_id, find_resume_state
 
@@ -23,13 +25,14 @@ class CheckedInputs:
     corpus: Corpus
     world_size: int
     resume: Resume
+    memory: MemoryEstimate
 
     def report(self) -> dict:
         """What `chargpt check --json` prints."""
         return {"config": self.config.to_dict(), "corpus_sha256": self.corpus.sha256,
                 "corpus_chars": self.corpus.characters, "world_size": self.world_size,
                 "resume_step": self.resume.step, "experiment": experiment_id(self.config, self.corpus.sha256),
-                "gradient_bytes": self.gradient_bytes()}
+                "gradient_bytes": self.gradient_bytes(), "memory": self.memory.report()}
 
     def gradient_bytes(self) -> int:
         """What DDP all-reduces every step: a float32 gradient per parameter."""
@@ -42,11 +45,19 @@ class CheckedInputs:
 
 
 def check_inputs(data: Path, preset: str, assignments: list[str], world_size: int, run_dir: Path | None,
-                 warn: Callable[[str], None], environ: Mapping[str, str] | None = None) -> CheckedInputs:
+                 warn: Callable[[str], None], environ: Mapping[str, str] | None = None,
+                 memory_limit: str = "", processes_per_host: int = 1) -> CheckedInputs:
     """The config (preset, CHARGPT_<KEY> variables, --set), the batch against the world size, the
-    corpus and, with a run directory, what resuming there would find. Raises on bad input."""
+    corpus, the memory a host of processes_per_host trainers needs against memory_limit (Docker's
+    notation, e.g. "8g"; "" for none) and, with a run directory, what resuming there would find.
+    Raises on bad input."""
     config = build_config(preset, parse_assignments(assignments), environ)
     config.check_world_size(world_size)
+    limit = parse_size(memory_limit) if memory_limit else None
     corpus = load_corpus(data, config.block_size, config.val_fraction)
+    memory = estimate(config, corpus.tokenizer.vocab_size, corpus.characters, sys.getsizeof(corpus.text),
+                      world_size, processes_per_host)
+    if limit is not None:
+        check_fits(memory, limit, memory_limit, config)
     resume = Resume(None) if run_dir is None else find_resume_state(Path(run_dir), config, corpus, warn)
-    return CheckedInputs(config, corpus, world_size, resume)
+    return CheckedInputs(config, corpus, world_size, resume, memory)

@@ -15,6 +15,7 @@ from .check import check_inputs
 from .checkpoint import UnreadableCheckpoints
 from .config import PRESETS, ConfigError
 from .data import CorpusError
+from .divergence import EXIT_DIVERGED, Diverged
 from .faults import FaultInjectionError, refuse_check
 from .network import DistributedError
 from .resume import ResumeError
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
     check.add_argument("--world-size", type=int, default=1, help="processes over all nodes (default: 1)")
     check.add_argument("--run-dir", type=Path, help="also check what resuming there would find (read only)")
+    check.add_argument("--memory-limit", default="", metavar="SIZE",
+                       help="refuse a run whose estimated memory per host exceeds SIZE (Docker's notation: 8g, "
+                            "512m); default: no limit")
+    check.add_argument("--processes-per-host", type=int, default=1, metavar="N",
+                       help="training processes on each host, which share its memory (default: 1)")
     check.add_argument("--json", action="store_true",
                        help="print the resolved config, the corpus hash and the resume step as JSON")
 
@@ -68,6 +74,10 @@ def train_command(args: argparse.Namespace) -> int:
 
     try:
         train(args.data, args.preset, args.run_dir, args.set)
+    except Diverged as error:
+        stopped_for_good(error)
+        sys.stdout.flush()
+        os._exit(EXIT_DIVERGED)  # no interpreter teardown, as below
     except (PeerFailure, PeerStopped) as error:
         # Every rank that sees it says so: the line names the rank.
         print(f"[chargpt] {error}", file=sys.stderr, flush=True)
@@ -89,7 +99,8 @@ def check_command(args: argparse.Namespace) -> int:
     refuse_check()
     # Warnings (a torn checkpoint skipped) go to stderr: stdout may be JSON for a program to read.
     inputs = check_inputs(args.data, args.preset, args.set, args.world_size, args.run_dir,
-                          warn=lambda text: print(f"[chargpt] warning: {text}", file=sys.stderr, flush=True))
+                          warn=lambda text: print(f"[chargpt] warning: {text}", file=sys.stderr, flush=True),
+                          memory_limit=args.memory_limit, processes_per_host=args.processes_per_host)
     print(json.dumps(inputs.report(), indent=2) if args.json else inputs.summary_line(args.preset))
     return 0
 
@@ -128,12 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CorpusError, ResumeError, UnreadableCheckpoints, DistributedError,
             FaultInjectionError) as error:
         return bad_input(error)
+    except Diverged as error:
+        return stopped_for_good(error)
 
 
 def bad_input(error: Exception) -> int:
     if first_to_report_on_this_host():
         print(f"chargpt: error: {error}", file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
+
+
+def stopped_for_good(error: Diverged) -> int:
+    if first_to_report_on_this_host():
+        print(f"chargpt: error: {error}", file=sys.stderr, flush=True)
+    return EXIT_DIVERGED
 
 
 def first_to_report_on_this_host() -> bool:

@@ -5,6 +5,10 @@ STEP's temp file, flushes and fsyncs it, pauses SECONDS and then finishes the wr
 which a test can kill it mid-write. Only the first attempt of a torchrun agent pauses
 (TORCHELASTIC_RESTART_COUNT unset or 0), so the run that resumes after the kill does not pause again.
 
+TRAIN_FAULT_NONFINITE_LOSS="STEP:RANK": the loss of global rank RANK is NaN in step STEP (numbered
+from 1), the first time this process runs that step: a test sees the step set aside and the run go
+back to its newest checkpoint, after which step STEP runs clean.
+
 TRAIN_FAULT_REFUSE_CHECK="TEXT": `chargpt check` fails as bad input (exit 2) with TEXT in its
 message, standing in for a bad setting that only the trainer can see.
 """
@@ -20,6 +24,7 @@ from typing import Callable, Mapping
 
 CHECKPOINT_PAUSE_VARIABLE = "TRAIN_FAULT_CHECKPOINT_PAUSE"
 REFUSE_CHECK_VARIABLE = "TRAIN_FAULT_REFUSE_CHECK"
+NONFINITE_LOSS_VARIABLE = "TRAIN_FAULT_NONFINITE_LOSS"
 
 
 class FaultInjectionError(ValueError):
@@ -55,6 +60,32 @@ def checkpoint_pause(environ: Mapping[str, str] | None = None) -> CheckpointPaus
     if environ.get("TORCHELASTIC_RESTART_COUNT", "0").strip() not in ("", "0"):
         return None  # a restarted attempt resumes; it must not pause again
     return CheckpointPause(step, seconds)
+
+
+@dataclass
+class NonFiniteLoss:
+    step: int
+    rank: int
+    done: bool = False
+
+    def poisons(self, step: int, rank: int) -> bool:
+        """Whether this rank's loss of step is to be NaN (once)."""
+        if self.done or (step, rank) != (self.step, self.rank):
+            return False
+        self.done = True
+        return True
+
+
+def nonfinite_loss(environ: Mapping[str, str] | None = None) -> NonFiniteLoss | None:
+    environ = os.environ if environ is None else environ
+    raw = environ.get(NONFINITE_LOSS_VARIABLE, "").strip()
+    if not raw:
+        return None
+    step_text, _, rank_text = raw.partition(":")
+    if not (step_text.isdigit() and rank_text.isdigit() and int(step_text) >= 1):
+        raise FaultInjectionError(f"{NONFINITE_LOSS_VARIABLE}='{raw}' is not STEP:RANK with a step of at least 1 "
+                                  f"and a rank; write e.g. {NONFINITE_LOSS_VARIABLE}=30:1 or unset it")
+    return NonFiniteLoss(int(step_text), int(rank_text))
 
 
 def refuse_check(environ: Mapping[str, str] | None = None) -> None:

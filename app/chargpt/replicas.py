@@ -2,9 +2,10 @@
 since the newest checkpoint.
 
 Each host's first process writes every checkpoint to its own host's run directory (train.py's
-Checkpointer). At start, every rank reports the newest valid checkpoint of its host; the group
-resumes from the newest that any host has, and the first rank that has it sends it, packed as
-tensors (tensor_tree), to the ranks whose host lacks it; their host keeps a copy.
+Checkpointer). At start, every rank reports the newest checkpoint of its host that loads and matches
+its digest; the group resumes from the newest that any host has, and the first rank that has it
+sends it, packed as tensors (tensor_tree), to the ranks whose host lacks it; they verify the copy
+against its digest, and their host keeps it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def agree_on_resume(resume: Resume, env: DistEnv, run_dir: Path, config: TrainCo
             distributed.send_bytes(packed, rank)
     if env.rank not in lacking:
         return resume.state
-    state = tensor_tree.unpack(distributed.receive_bytes(source))
+    state = checkpoint.verify(tensor_tree.unpack(distributed.receive_bytes(source)),
+                              f"the checkpoint of step {newest} received from rank {source}", warn)
     check_resumable(run_dir, state, config, corpus, warn)
     if env.local_rank == 0:
         path = checkpoint.save_checkpoint(run_dir, newest, state, config.keep_checkpoints)

@@ -16,6 +16,7 @@ from typing import Callable
 from . import checkpoint
 from .config import RUNTIME_KEYS, TrainConfig
 from .data import Corpus
+from .divergence import check_not_diverged
 from .model_config import GPTConfig, model_args
 
 
@@ -42,16 +43,18 @@ class Resume:
         return None if self.state is None else self.state["step"]
 
 
-def find_resume_state(run_dir: Path, config: TrainConfig, corpus: Corpus,
-                      warn: Callable[[str], None]) -> Resume:
+def find_resume_state(run_dir: Path, config: TrainConfig, corpus: Corpus, warn: Callable[[str], None],
+                      set_aside: bool = False, host: str = "this host") -> Resume:
     """Before any distributed setup: the newest valid checkpoint of this host, checked against us.
 
-    Reads only: `chargpt check --run-dir` runs it too. warn gets the skipped (torn) checkpoints."""
+    warn gets the skipped (torn or damaged) checkpoints of host, which set_aside renames out of the
+    way; without it this only reads (`chargpt check --run-dir`)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ResumeError(f"run directory {run_dir} exists and is not a directory; pick another --run-dir")
+    check_not_diverged(run_dir, experiment_id(config, corpus.sha256))
     try:
-        state = checkpoint.load_latest_checkpoint(run_dir, warn)
+        state = checkpoint.load_latest_checkpoint(run_dir, warn, set_aside, host)
     except checkpoint.UnreadableCheckpoints as error:
         raise ResumeError(str(error)) from None
     if state is None:

@@ -8,6 +8,7 @@ one run code, whatever it sends.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
@@ -35,6 +36,17 @@ def pack(tree) -> bytes:
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         parts += [data, bytes(_aligned(len(data)) - len(data))]
     return b"".join(parts)
+
+
+def digest(tree) -> str:
+    """sha256 of what pack(tree) holds, without building it: equal trees (the same keys in the same
+    order, the same values, tensors of the same dtype, shape and bytes) have equal digests, however
+    they were stored or sent."""
+    tensors: list[torch.Tensor] = []
+    hasher = hashlib.sha256(json.dumps(_encode(tree, tensors, [0]), separators=(",", ":")).encode())
+    for tensor in tensors:
+        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return hasher.hexdigest()
 
 
 def unpack(data: bytes | bytearray | torch.Tensor):

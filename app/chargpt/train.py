@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,20 +17,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, distributed, tensor_tree
-from .attempts import record_attempt, record_stop
+from .attempts import CONFIG_FILE, record_attempt, record_stop
 from .check import check_inputs
 from .config import TrainConfig
+from .divergence import Diverged, NonFiniteStep, divergence_message, record_divergence
 from .data import Corpus, sample_batch
 from .distributed import DistEnv
-from .faults import CheckpointPause, checkpoint_pause
+from .faults import CheckpointPause, NonFiniteLoss, checkpoint_pause, nonfinite_loss
 from .hardware import autocast_context, compute_dtype, configure_torch
 from .liveness import watch_peers
 from .model import GPT
 from .model_config import model_args
 from .outputs import METRICS_FILE, parse_metrics, plot_losses, read_metrics, write_final_model
 from .progress import previous_starts, write_progress
-from .replicas import agree_on_resume
-from .resume import Resume, experiment_id
+from .replicas import agree_on_resume, describe_ranks
+from .resume import Resume, experiment_id, find_resume_state
 from .sample import sample_text
 from .stopping import PEER_STOPPED_EXIT, PeerStopped, StoppedOnRequest, StopVote
 
@@ -83,11 +87,14 @@ def restore_rng_state(state: dict, batch_generator: torch.Generator, device: tor
 
 
 def train_step(model, optimizer, config: TrainConfig, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]],
-               world_size: int, device: torch.device, autocast) -> torch.Tensor:
+               world_size: int, device: torch.device, autocast, poisoned: bool = False) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches (inputs, targets). Returns this rank's part of
     the global batch's mean loss: the mean over the ranks is that mean.
 
-    The loss stays a tensor so that a GPU need not synchronise every step."""
+    NonFiniteStep, with no change to the weights, when the gradients hold a NaN or an infinity: DDP
+    has averaged them, so every rank finds the same (a non-finite loss on any rank makes them so).
+    Checking costs the gradients' norm, which clipping computes anyway, and one synchronisation on a
+    GPU; the loss itself stays a tensor. poisoned (fault injection) makes this rank's loss NaN."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, step)
     ddp = getattr(model, "_orig_mod", model)  # the DDP module, also under torch.compile's wrapper
@@ -100,10 +107,17 @@ def train_step(model, optimizer, config: TrainConfig, step: int, batches: list[t
             with autocast:
                 _, loss = model(x, y)
             weighted = loss / config.loss_divisor(len(x), world_size)
+            if poisoned:
+                weighted = weighted * math.nan
             weighted.backward()
         total += weighted.detach()
+    params = [param for param in model.parameters() if param.grad is not None]
+    norm = torch.nn.utils.get_total_norm([param.grad for param in params])
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteStep(step + 1, total)
     if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grads_with_norm_(params, config.grad_clip, norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total
@@ -161,6 +175,11 @@ class ProgressLogger:
         self.train_loss = math.nan  # of the latest window
         self.tokens_per_s = 0.0  # of the latest window, for the metrics
         self._open_window(started)
+
+    def restart(self, step: int) -> None:
+        """Training goes on from step (after a rollback): the ETA and the window count from now."""
+        self.start_step, self.started = step, time.perf_counter()
+        self._open_window(self.started)
 
     def _open_window(self, now: float) -> None:
         self.window_started, self.window_steps = now, 0
@@ -273,7 +292,11 @@ class Checkpointer:
         return is_due(step, self.config.checkpoint_interval, self.config)
 
     def save(self, step: int) -> None:
+        """NonFiniteStep instead of a checkpoint when a weight or an optimizer value is not finite
+        (the same on every rank: DDP keeps them equal)."""
         began = time.perf_counter()
+        if not all_finite([self.model.state_dict(), self.optimizer.state_dict()["state"]]):
+            raise NonFiniteStep(step, torch.zeros(()))
         packed = distributed.all_gather_bytes(tensor_tree.pack(rng_state(self.generator, self.device)))
         metrics_path = self.run_dir / METRICS_FILE
         metrics = distributed.broadcast_bytes(
@@ -285,9 +308,13 @@ class Checkpointer:
                  "vocab": self.corpus.tokenizer.chars, "corpus_sha256": self.corpus.sha256,
                  "rng": [tensor_tree.unpack(data) for data in packed], "world_size": self.env.world_size,
                  "metrics": metrics.decode("utf-8")}
+        digest_began = time.perf_counter()
+        state = checkpoint.with_digest(state)
+        digest_seconds = time.perf_counter() - digest_began
         path = checkpoint.save_checkpoint(self.run_dir, step, state, self.config.keep_checkpoints,
                                           self._halfway(step))
-        log(f"checkpoint {path.name} written on this host in {time.perf_counter() - began:.2f} s")
+        log(f"checkpoint {path.name} written on this host in {time.perf_counter() - began:.2f} s "
+            f"(its digest {digest_seconds:.3f} s)")
 
     def _halfway(self, step: int) -> Callable[[Path], None] | None:
         if self.pause is None or self.pause.step != step or not self.env.is_main:
@@ -295,26 +322,94 @@ class Checkpointer:
         return lambda path: self.pause.hold(path, log)
 
 
+def new_model(config: TrainConfig, vocab_size: int) -> GPT:
+    torch.manual_seed(config.seed)  # the same initial weights for every world size
+    return GPT(model_args(config, vocab_size))
+
+
+def all_finite(trees: list) -> bool:
+    """Whether every floating-point tensor in the nested dicts is free of NaN and infinity."""
+    stack = list(trees)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, torch.Tensor) and item.is_floating_point() and not torch.isfinite(item).all():
+            return False
+    return True
+
+
+def host_label() -> str:
+    """This host as the deployment names its node (NODE_ADDR), else its host name."""
+    return os.environ.get("NODE_ADDR") or socket.gethostname()
+
+
+@dataclass
+class Rollback:
+    """After a step that was not finite: back to the newest checkpoint that verifies (divergence.py)."""
+    run_dir: Path
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    config: TrainConfig
+    corpus: Corpus
+    env: DistEnv
+    device: torch.device
+    target: int | None = None  # the step the latest rollback went back to
+
+    def go_back(self, failure: NonFiniteStep) -> int:
+        """The step training goes on after; Diverged when it went back there already."""
+        flags = distributed.all_gather_ints(int(not bool(torch.isfinite(failure.local_loss))))
+        bad = [rank for rank, flag in enumerate(flags) if flag]
+        where = (f"the loss on rank(s) {describe_ranks(bad)}" if bad
+                 else "its gradients or weights, with a finite loss on every rank")
+        if self.env.is_main:
+            warn(f"step {failure.step} is not finite ({where}): it is not applied; going back to the newest "
+                 "checkpoint that verifies")
+        resume = find_resume_state(self.run_dir, self.config, self.corpus, warn, self.env.local_rank == 0,
+                                   host_label())
+        state = agree_on_resume(resume, self.env, self.run_dir, self.config, self.corpus, log, warn)
+        target = 0 if state is None else state["step"]
+        if target == self.target:
+            message = divergence_message(failure.step, where, target)
+            if self.env.local_rank == 0:
+                record_divergence(self.run_dir, experiment_id(self.config, self.corpus.sha256), message)
+            raise Diverged(message)
+        self.target = target
+        fresh = None if state is not None else new_model(self.config, self.corpus.tokenizer.vocab_size)
+        self.model.load_state_dict(fresh.state_dict() if fresh is not None else state["model"])
+        if state is None:
+            self.optimizer.state.clear()
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        resume_random_streams(state, self.config, self.env, self.generator, self.device)
+        if self.env.is_main:
+            restore_metrics(self.run_dir / METRICS_FILE, target, None if state is None else state.get("metrics"))
+            log(f"went back to step {target}; training goes on from there")
+        return target
+
+
 def build_training_state(config: TrainConfig, vocab_size: int, env: DistEnv, device: torch.device,
                          state: dict | None) -> tuple[GPT, torch.optim.AdamW, torch.Generator]:
     """The model, its optimizer and this rank's batch generator: from the checkpoint state, or new."""
-    torch.manual_seed(config.seed)  # the same initial weights for every world size
-    model = GPT(model_args(config, vocab_size))
+    model = new_model(config, vocab_size)
     if state is not None:
         model.load_state_dict(state["model"])
     model.to(device)
     optimizer = build_optimizer(model, config)
-    torch.manual_seed(rank_seed(config, env))
-    generator = torch.Generator().manual_seed(rank_seed(config, env))
+    generator = torch.Generator()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        resume_random_streams(state, config, env, generator, device)
+    resume_random_streams(state, config, env, generator, device)
     return model, optimizer, generator
 
 
-def resume_random_streams(state: dict, config: TrainConfig, env: DistEnv, generator: torch.Generator,
+def resume_random_streams(state: dict | None, config: TrainConfig, env: DistEnv, generator: torch.Generator,
                           device: torch.device) -> None:
-    if len(state["rng"]) == env.world_size:
+    if state is None:
+        torch.manual_seed(rank_seed(config, env))
+        generator.manual_seed(rank_seed(config, env))
+    elif len(state["rng"]) == env.world_size:
         restore_rng_state(state["rng"][env.rank], generator, device)
     else:  # another world size: fresh streams, still different per rank
         torch.manual_seed(rank_seed(config, env, state["step"]))
@@ -363,10 +458,10 @@ def restore_metrics(path: Path, step: int, saved: str | None) -> None:
 
 
 def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume: Resume,
-        device: torch.device, pause: CheckpointPause | None = None) -> GPT:
+        device: torch.device, pause: CheckpointPause | None = None, poison: NonFiniteLoss | None = None) -> GPT:
     """Train from the resume state (or from scratch); rank 0 writes everything in run_dir.
 
-    pause: fault injection, a pause halfway through writing one checkpoint (see faults.py)."""
+    Fault injection (faults.py): pause, a pause halfway through writing one checkpoint; poison, a NaN loss."""
     run_dir = Path(run_dir)
     configure_torch(config, env, device)
     if env.local_rank == 0:
@@ -390,20 +485,34 @@ def run(config: TrainConfig, corpus: Corpus, run_dir: Path, env: DistEnv, resume
     evaluator = Evaluator(model, corpus, config, env, eval_batch, device, autocast,
                           run_dir / METRICS_FILE, started)
     checkpointer = Checkpointer(run_dir, model, optimizer, config, corpus, generator, env, device, pause)
+    rollback = Rollback(run_dir, model, optimizer, generator, config, corpus, env, device)
     vote = StopVote()
+    step = start_step
     try:
-        for step in range(start_step + 1, config.max_steps + 1):
+        while step < config.max_steps:
+            step += 1
             vote.start()
             batches = sample_micro_batches(corpus, config, micro_batches, generator)
-            progress.record(train_step(wrapped, optimizer, config, step - 1, batches, env.world_size, device,
-                                       autocast))
-            stopping = vote.agreed() and step < config.max_steps
-            if progress.should_log(step) or stopping:
-                progress.log(step)
-            if evaluator.should_evaluate(step) and not stopping:
-                progress.leave_out(evaluator.evaluate(step, progress.tokens_per_s))
-            if checkpointer.should_save(step) or stopping:
-                checkpointer.save(step)
+            try:
+                poisoned = poison is not None and poison.poisons(step, env.rank)
+                progress.record(train_step(wrapped, optimizer, config, step - 1, batches, env.world_size, device,
+                                           autocast, poisoned))
+                stopping = vote.agreed() and step < config.max_steps
+                if progress.should_log(step) or stopping:
+                    progress.log(step)
+                if evaluator.should_evaluate(step) and not stopping:
+                    progress.leave_out(evaluator.evaluate(step, progress.tokens_per_s))
+                if checkpointer.should_save(step) or stopping:
+                    checkpointer.save(step)
+            except NonFiniteStep as failure:
+                vote.agreed()  # its collective ends before the rollback's begin
+                try:
+                    step = rollback.go_back(failure)
+                except Diverged:
+                    progress.write(failure.step, "diverged")
+                    raise
+                progress.restart(step)
+                continue
             if stopping:
                 progress.write(step, "stopped")
                 stop(vote.requested, env, run_dir, step)
@@ -430,6 +539,15 @@ def stop(requested_here: bool, env: DistEnv, run_dir: Path, step: int) -> None:
                       f"written. Exiting ({PEER_STOPPED_EXIT}) so that torchrun restarts the group.")
 
 
+# What a finished run leaves beside summary.json, whose "sha256" holds their digests.
+FINAL_FILES = ("model.pt", "sample.txt", "loss.svg", METRICS_FILE, CONFIG_FILE)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: DistEnv,
            device: torch.device, start_step: int, val_loss: float | None, train_seconds: float) -> None:
     """The final model, a sample, the loss chart, and summary.json last."""
@@ -441,10 +559,13 @@ def finish(run_dir: Path, model: GPT, config: TrainConfig, corpus: Corpus, env: 
     checkpoint.atomic_write_text(run_dir / "sample.txt", text)
     log(f"sample ({config.sample_chars} characters):\n{text}")
     plot_losses(run_dir / METRICS_FILE, run_dir / "loss.svg")
+    # The deployment checks the files it fetches against these (install_artifacts.py).
+    digests = {name: file_sha256(run_dir / name) for name in FINAL_FILES}
     summary = {"status": "complete", "final_step": config.max_steps, "world_size": env.world_size,
                "final_val_loss": val_loss, "resumed_from_step": start_step or None,
                "train_seconds": round(train_seconds, 3), "corpus_sha256": corpus.sha256,
-               "config": config.to_dict(), "experiment": experiment_id(config, corpus.sha256)}
+               "config": config.to_dict(), "experiment": experiment_id(config, corpus.sha256),
+               "sha256": digests}
     checkpoint.atomic_write_json(run_dir / "summary.json", summary)
     log(f"done: final val loss {val_loss if val_loss is None else round(val_loss, 4)}; outputs in {run_dir}")
 
@@ -454,10 +575,12 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
     when it stopped on SIGTERM before the last step."""
     distributed.check_node_rank()
     env = distributed.read_env()
-    pause = checkpoint_pause()
+    pause, poison = checkpoint_pause(), nonfinite_loss()
     # Every rank checks what its host's run directory holds before anyone joins the group.
-    inputs = check_inputs(data, preset, assignments, env.world_size, Path(run_dir), warn)
-    config, corpus, resume = inputs.config, inputs.corpus, inputs.resume
+    inputs = check_inputs(data, preset, assignments, env.world_size, None, warn)
+    config, corpus = inputs.config, inputs.corpus
+    # Each host's first process sets aside the checkpoints that do not load or verify.
+    resume = find_resume_state(Path(run_dir), config, corpus, warn, env.local_rank == 0, host_label())
     corpus.ids  # the corpus as tensors now, not within the first step's time
     device = distributed.choose_device(config.device, env)
     distributed.init_process_group(env, device, config.dist_timeout_s,
@@ -465,7 +588,7 @@ def train(data: Path, preset: str, run_dir: Path, assignments: list[str]) -> GPT
     watch = None
     try:
         watch = watch_peers(env, config.dead_peer_timeout_s)
-        model = run(config, corpus, Path(run_dir), env, resume, device, pause)
+        model = run(config, corpus, Path(run_dir), env, resume, device, pause, poison)
         # Rank 0 wrote the outputs meanwhile: every rank leaves the group at the same time.
         distributed.barrier()
         return model

@@ -3,6 +3,8 @@ files replace artifacts/<run id>/ whole, an earlier run's files are moved aside,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -55,3 +57,20 @@ def test_an_incomplete_fetch_installs_nothing(tmp_path):
     assert result.returncode != 0 and "lacks summary.json" in result.stderr
     assert (dest / "model.pt").read_text() == "model.pt of run 1\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == [".staging", "run"]
+
+
+def test_a_file_that_contradicts_the_summarys_digest_installs_nothing(tmp_path):
+    dest = tmp_path / "run"
+    install(fill(tmp_path / ".staging" / "run", "run 1"), dest)
+    staging = fill(tmp_path / ".staging" / "run", "run 2")
+    model = (staging / "model.pt").read_bytes()
+    (staging / "summary.json").write_text(json.dumps({"sha256": {"model.pt": hashlib.sha256(model).hexdigest()}}))
+    (staging / "model.pt").write_bytes(model[:5] + bytes([model[5] ^ 1]) + model[6:])  # one bit flipped
+    result = install(staging, dest)
+    assert result.returncode != 0
+    assert "the fetched model.pt (sha256 " in result.stderr and "do not match the digests" in result.stderr
+    assert f"Nothing was installed in {dest}" in result.stderr
+    assert (dest / "model.pt").read_text() == "model.pt of run 1\n"
+
+    (staging / "model.pt").write_bytes(model)  # an intact copy installs
+    assert install(staging, dest).stdout.startswith("installed")

@@ -124,6 +124,7 @@ OUT_OF_RANGE = [
     ("trainer_cpus", "two", 'a number of CPUs above 0 such as "2"'),
     ("trainer_cpus", "0", 'a number of CPUs above 0 such as "2"'),
     ("trainer_tmp_size", "lots", 'a size such as "512m"'),
+    ("trainer_memory_limit", "8 gigs", 'a size such as "8g"'),
     ("trainer_cpu_shares", 1, "an integer from 2 to 262144, or 0 for the engine's default"),
 ]
 
@@ -254,6 +255,28 @@ def test_corpus_is_a_folder(tmp_path):
 ])
 def test_overrides_the_trainer_refuses(tmp_path, overrides, shown):
     assert_stopped(preflight(tmp_path, group_vars={"trainer_overrides": overrides}), shown)
+
+
+@pytest.mark.parametrize("settings, shown", [
+    # The original preset's batch of 64 at once on each of two processes per host: about 12 GiB.
+    ({"trainer_preset": "original", "cluster_nproc_per_node": 2},
+     ["(2 processes of ", "more than the memory limit of 8.00 GiB (8g): set micro_batch_size=",
+      "or run fewer processes per host"]),
+    # A model whose weights and optimizer alone outgrow the limit.
+    ({"trainer_memory_limit": "1g", "trainer_overrides": {"n_layer": 24, "n_embd": 1024, "n_head": 8}},
+     ["more than the memory limit of 1.00 GiB (1g): make the model smaller (n_layer=24, n_embd=1024"]),
+])
+def test_a_run_that_cannot_fit_in_memory(tmp_path, settings, shown):
+    """Refused before any host changes, by the trainer's estimate (chargpt check --memory-limit)."""
+    assert_stopped(preflight(tmp_path, workers=[], group_vars=settings),
+                   "chargpt: error: this run needs about ", *shown)
+
+
+def test_a_run_larger_than_the_hosts_memory(tmp_path):
+    """Within a memory limit set above what the host has, the host's own memory refuses it."""
+    giant = {"trainer_memory_limit": "64t", "trainer_overrides": {"n_layer": 48, "n_embd": 8192, "n_head": 64}}
+    assert_stopped(preflight(tmp_path, workers=[], group_vars=giant), "GiB of memory, but this run needs about ",
+                   "GiB on each host (1 training process(es) and torchrun's agent, as chargpt check estimates them)")
 
 
 def test_an_unknown_preset(tmp_path):

@@ -36,6 +36,7 @@ def row(host="node1", rank=0, container="running", exit_code=None, supervisor="a
      "training"),
     ([row(container="exited", exit_code=1, supervisor="failed"), row("node2", 1)], False, "failed"),
     ([row(container="exited", exit_code=2, supervisor="activating"), row("node2", 1)], False, "failed"),
+    ([row(container="exited", exit_code=4, supervisor="activating"), row("node2", 1)], False, "failed"),
     ([row(container="exited", exit_code=0, supervisor="inactive"), row("node2", 1, container="exited", exit_code=0)],
      True, "finished"),
     # docker stop of one host: the others wait for it in the rendezvous

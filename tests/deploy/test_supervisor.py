@@ -121,7 +121,7 @@ def test_the_unit_runs_the_script_without_a_shell():
     assert ("trainer_supervisor_script" in exec_start and "cluster_trainer_container" in exec_start
             and "trainer_supervisor_stop_record" in exec_start)
     assert not re.search(r"\bsh\b|bash|\$", exec_start)
-    assert "RestartPreventExitStatus=2 143" in text and "Restart=on-failure" in text
+    assert "RestartPreventExitStatus=2 4 143" in text and "Restart=on-failure" in text
 
 
 def test_the_unit_stops_before_the_engine_and_starts_with_it():

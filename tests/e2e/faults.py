@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import REPO
+from harness import REPO, damage
 from harness.playbook import PlaybookRun, assert_succeeded
 from harness.roles import role_default
 
@@ -29,6 +29,9 @@ SUMMARY_TIMEOUT_S = 420
 STEP_LINE = re.compile(r"\[chargpt\] step (\d+)/(\d+) \|")
 RESUMED_LINE = re.compile(r"\[chargpt\] resumed from step (\d+)")
 CHECKPOINT_LINE = re.compile(r"\[chargpt\] checkpoint ckpt-(\d+)\.pt written")
+LOSS_LINE = re.compile(r"\[chargpt\] step (\d+)/\d+ \| loss ([0-9.]+) \|")
+# Run by a lab host's python3: damages the newest file of a folder that matches a pattern.
+DAMAGE_SCRIPT = Path(damage.__file__).read_text()
 # What a host snapshot covers besides the trainer role's folder (trainer_base_dir, with the run
 # directories): the units and Docker's configuration that the roles write.
 SNAPSHOT_SYSTEM_PATHS = "/etc/systemd/system /etc/docker"
@@ -44,6 +47,11 @@ def parse_timestamp(text: str) -> datetime:
     assert match, f"not a docker log timestamp: {text!r}"
     fraction = (match[2] or "0")[:6].ljust(6, "0")
     return datetime.fromisoformat(f"{match[1]}.{fraction}+00:00")
+
+
+def damage_on_host(host: str, folder: str, pattern: str) -> str:
+    """Damage the newest file in host's folder that matches pattern (harness.damage); its name."""
+    return on_host(host, "python3", "-c", DAMAGE_SCRIPT, folder, pattern).stdout.strip()
 
 
 def on_host(host: str, *command: str, check: bool = True, timeout: int = 60) -> subprocess.CompletedProcess:
@@ -149,9 +157,18 @@ class FaultRun:
             time.sleep(2)
         return summary
 
-    def checkpoint_files(self) -> list[str]:
-        result = on_host(self.master, "ls", "-A", f"{self.run_dir}/checkpoints", check=False)
+    def checkpoint_files(self, host: str | None = None) -> list[str]:
+        result = on_host(host or self.master, "ls", "-A", f"{self.run_dir}/checkpoints", check=False)
         return sorted(result.stdout.split())
+
+    def damage_newest_checkpoint(self, host: str) -> str:
+        """Damage host's newest checkpoint in place, as a bad disk would (harness.damage); its file name."""
+        return damage_on_host(host, f"{self.run_dir}/checkpoints", "ckpt-*.pt")
+
+    def losses(self, host: str | None = None) -> list[tuple[LogLine, int, float]]:
+        """(line, step, loss) of every step line of host's trainer (rank 0's by default)."""
+        return [(line, int(match[1]), float(match[2])) for line in self.host_log(host or self.master)
+                if (match := LOSS_LINE.search(line.text))]
 
     def training_pid(self, host: str) -> int:
         """The host PID of the training process (`-m chargpt train`, torchrun's child) in host's trainer."""

@@ -1,6 +1,6 @@
-"""Fault cases 3, 1, 2, 10b, 4, 11a and 11b (issues 5, 10 and 24): a process, a container or a host
-hit during a run (rank 0 killed halfway through a checkpoint, kill -9 of a worker's training process,
-docker kill of a worker's container, docker kill of rank 0's container, which hosts the rendezvous, a
+"""Fault cases 3, 1, 2 with 12a, 10b, 4, 11a and 11b (issues 5, 10, 24 and 26): a process, a container
+or a host hit during a run (rank 0 killed halfway through a checkpoint, kill -9 of a worker's training
+process, docker kill of a worker's container just after its newest checkpoint was damaged in place, docker kill of rank 0's container, which hosts the rendezvous, a
 worker paused past the collective timeout, the master's host rebooted, the worker's host cut from its
 power and booted again). Each must restart the group with nobody acting and resume from the newest
 complete checkpoint any host has.
@@ -116,7 +116,7 @@ def test_rank0_killed_while_writing_a_checkpoint(fault_lab, chain):
             f"expected a resume from checkpoint {TORN_STEP}, which the worker's host holds; got {recovery}")
         received = [line.text for line in run.rank0_log() if f"received step {TORN_STEP} from rank 1" in line.text]
         assert received, f"rank 0's host never received checkpoint {TORN_STEP}; its log ends:\n{run.log_tail()}"
-        warnings = [line.text for line in run.rank0_log() if "unreadable" in line.text]
+        warnings = [line.text for line in run.rank0_log() if "is unusable (" in line.text]
         result.details["unreadable_checkpoint_warnings"] = warnings
         # The torn write stayed a temp file: no checkpoint the resume read was unreadable.
         assert not warnings, f"{run.run_id}: unreadable checkpoints after a torn write: {warnings}"
@@ -141,13 +141,16 @@ def test_worker_training_process_killed(fault_lab, chain):
     chain.passed.append("1")
 
 
-def kill_container_and_recover(chain: Chain, result: CaseResult, rank: int) -> None:
+def kill_container_and_recover(chain: Chain, result: CaseResult, rank: int,
+                               before_kill=lambda host: None) -> tuple[Recovery, datetime]:
     """docker kill of the trainer container of the host of node rank `rank`, mid-run: the supervisor
-    unit starts the same container again and the group resumes from the newest checkpoint."""
+    unit starts the same container again and the group resumes from the newest checkpoint.
+    before_kill(host) runs just before the kill."""
     run = chain.run
     chain.wait_for_injection_step()
     host = run.cluster.names[rank]
     before = run.container_state(host)
+    before_kill(host)
     injected_at = now()
     on_host(host, "docker", "kill", run.container(host))
     recovery = chain.wait_for_recovery(result, injected_at)
@@ -158,12 +161,41 @@ def kill_container_and_recover(chain: Chain, result: CaseResult, rank: int) -> N
     assert_resumed_from_newest_checkpoint(run, recovery)
     result.outcome = (f"the container came back (the supervisor unit started it again) and the group formed again; "
                       f"resumed from step {recovery.resumed_from}")
+    return recovery, injected_at
 
 
-def test_worker_container_killed(fault_lab, chain):
+def test_worker_container_killed_with_its_newest_checkpoint_damaged(fault_lab, chain):
+    """Case 2, and 12a on the same restart: just before the kill, the worker's newest checkpoint is
+    damaged inside a tensor (size and zip structure kept, so torch.load alone would take it)."""
+    run, worker = chain.run, chain.run.cluster.names[1]
     chain.require("2")
+    damaged = []
     with recording(fault_lab, CaseResult("2", "docker kill of a worker's trainer container mid-run", "")) as result:
-        kill_container_and_recover(chain, result, rank=1)
+        recovery, injected_at = kill_container_and_recover(
+            chain, result, rank=1, before_kill=lambda host: damaged.append(run.damage_newest_checkpoint(host)))
+    with recording(fault_lab, CaseResult("12a", "the worker's newest checkpoint damaged in place (one byte inside a "
+                                                "tensor) before its trainer restarts", "")) as case:
+        [name] = damaged
+        step = int(name[5:13])
+        case.progress_lost_steps, case.recovery_s = result.progress_lost_steps, result.recovery_s
+        case.details = {"damaged": name, "checkpoints_after": run.checkpoint_files(worker)}
+        chain.results["12a"] = case
+        worker_log = "\n".join(line.text for line in run.host_log(worker) if line.at > injected_at)
+        assert recovery.resumed_from == step, f"resumed from {recovery.resumed_from}, not the damaged step {step}"
+        assert f"checkpoint {name} of step {step} on " in worker_log and "is unusable (DamagedCheckpoint: " in worker_log, (
+            f"{worker} did not report the damaged {name}; its log ends:\n{run.log_tail(host=worker)}")
+        assert f"set aside as {name}.damaged" in worker_log and f"{name}.damaged" in case.details["checkpoints_after"]
+        assert f"received step {step} from rank 0, kept as {name}" in worker_log, run.log_tail(host=worker)
+        assert name in case.details["checkpoints_after"], case.details
+        losses = run.losses()
+        # Five steps' mean on each side (a step's loss is noisy); a damaged model would jump far above.
+        before = round(sum([loss for line, _, loss in losses if line.at < injected_at][-5:]) / 5, 4)
+        after = round(sum([loss for line, logged, loss in losses if line.at > injected_at and logged > step][:5]) / 5, 4)
+        case.details.update(loss_before_fault=before, loss_after_resume=after)
+        assert after <= before * 1.1, f"the loss after the resume ({after}) is worse than before the fault ({before})"
+        case.outcome = (f"{worker} set its damaged {name} aside and said so; rank 0's intact copy of step {step} came "
+                        f"over the group and the run resumed from that step (loss {before} before the fault, "
+                        f"{after} after)")
     chain.passed.append("2")
 
 

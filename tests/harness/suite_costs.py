@@ -60,12 +60,13 @@ PARTS = (
          "check (testinfra); a second run changes nothing; --check reports nothing; an image from an external "
          "registry takes a finished run on (an allowed change of max_steps); teardown leaves nothing"),
     Part("Fault cases, on the two-host lab", ("tests/e2e/test_faults_bad_input.py", "tests/e2e/test_faults_identity.py",
-                                               "tests/e2e/test_faults_probe.py", "tests/e2e/test_faults_processes.py",
+                                               "tests/e2e/test_faults_integrity.py", "tests/e2e/test_faults_probe.py", "tests/e2e/test_faults_processes.py",
                                                "tests/e2e/test_faults_provisioning.py",
                                                "tests/e2e/test_faults_replicas.py"),
-         "every fault case of docs/RELIABILITY.md (which it writes): bad inputs stop in preflight; refused "
-         "settings, corpora and run ids; the probe's limits; seven faults on one run (five process faults, the "
-         "master's host rebooted, the worker's host cut from its power); deployments beside a training run, "
+         "every fault case of docs/RELIABILITY.md (which it writes): bad inputs (oversized runs among them) stop "
+         "in preflight; refused settings, corpora and run ids; a damaged model refused by the fetch; a diverging "
+         "run stopped for good; the probe's limits; seven faults on one run (five process faults, one with a "
+         "damaged checkpoint, the master's host rebooted, the worker's host cut from its power); deployments beside a training run, "
          "its status and its merged logs; a host with no engine that joins a training run (the host checks on "
          "it) and leaves it, trainers stopped by bin/chargpt-stop (kept stopped across a reboot; --cancel; "
          "another run id refused), the master's host lost for "

@@ -51,7 +51,8 @@ def test_json_holds_the_resolved_config_the_corpus_and_the_resume_step(capsys, m
     assert json.loads(out) == {
         "config": config.to_dict(), "corpus_sha256": digest, "corpus_chars": 200_000,
         "world_size": 2, "resume_step": None, "experiment": experiment_id(config, digest),
-        "gradient_bytes": 4 * parameters}
+        "gradient_bytes": 4 * parameters, "memory": json.loads(out)["memory"]}
+    assert json.loads(out)["memory"]["host_bytes"] > 0
 
 
 # Runs chargpt as `python -m chargpt` does, then looks whether torch was imported.
@@ -204,4 +205,4 @@ def test_the_real_command_line_prints_json_and_warnings_apart(corpus_path, short
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["resume_step"] == 20 and report["config"]["max_steps"] == 20 and report["world_size"] == 2
-    assert "ckpt-00000030.pt is unreadable" in result.stderr
+    assert "checkpoint ckpt-00000030.pt of step 30 on this host is unusable" in result.stderr and "left in place" in result.stderr

@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ def test_torn_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     warnings = []
     loaded = checkpoint.load_latest_checkpoint(tmp_path, warn=warnings.append)
     assert loaded["step"] == 10
-    assert len(warnings) == 2 and "ckpt-00000030.pt is unreadable" in warnings[0]
+    assert len(warnings) == 2 and "checkpoint ckpt-00000030.pt of step 30 on this host is unusable" in warnings[0]
+    assert "left in place" in warnings[0] and newest.exists()  # only a trainer sets files aside
 
 
 def test_a_checkpoint_without_required_keys_is_skipped(tmp_path):
@@ -107,7 +109,8 @@ def test_checkpoints_that_all_fail_to_load_are_refused_and_kept(tmp_path):
     with pytest.raises(checkpoint.UnreadableCheckpoints) as caught:
         checkpoint.load_latest_checkpoint(tmp_path, warn=warnings.append)
     message = str(caught.value)
-    assert message.startswith(f"run directory {tmp_path} has checkpoints but none loads: ckpt-00000020.pt (")
+    assert message.startswith(f"run directory {tmp_path} has checkpoints but none loads and verifies: "
+                              "ckpt-00000020.pt (")
     assert "; ckpt-00000010.pt (" in message and "\n" not in message
     assert message.endswith(f"move them out of {folder} to start again from step 0, or restore a good one")
     assert len(warnings) == 2
@@ -118,3 +121,60 @@ def test_rotation_with_fewer_files_than_kept_deletes_nothing(tmp_path):
     for step in (10, 20, 30, 40):
         checkpoint.save_checkpoint(tmp_path, step, state(step), keep=5)
     assert [step for step, _ in checkpoint.list_checkpoints(tmp_path)] == [10, 20, 30, 40]
+
+
+def damage_a_tensor(path) -> None:
+    """Flip one byte of the stored weights: the zip structure and the size stay as they were."""
+    data = bytearray(path.read_bytes())
+    offset = data.index(torch.full((3,), 20.0).numpy().tobytes())
+    data[offset + 1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_tensor_loads_with_torch_but_fails_its_digest_and_is_set_aside(tmp_path):
+    for step in (10, 20):
+        checkpoint.save_checkpoint(tmp_path, step, state(step), keep=3)
+    newest = checkpoint.checkpoint_path(tmp_path, 20)
+    damage_a_tensor(newest)
+    assert torch.load(newest, weights_only=True)["step"] == 20  # torch alone does not notice
+
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"checkpoint {newest} is damaged: its content has sha256"):
+        checkpoint.load_checkpoint(newest)
+    warnings = []
+    loaded = checkpoint.load_latest_checkpoint(tmp_path, warn=warnings.append, set_aside=True, host="node-1")
+    assert loaded["step"] == 10
+    [warning] = warnings
+    assert re.fullmatch(f"checkpoint ckpt-00000020.pt of step 20 on node-1 is unusable \\(DamagedCheckpoint: "
+                        f"checkpoint {re.escape(str(newest))} is damaged: its content has sha256 [0-9a-f]{{12}}, it "
+                        "was written with [0-9a-f]{12}\\); set aside as ckpt-00000020.pt.damaged, falling back to "
+                        "the previous one", warning), warning
+    assert sorted(path.name for path in newest.parent.iterdir()) == ["ckpt-00000010.pt", "ckpt-00000020.pt.damaged"]
+
+
+def test_set_aside_checkpoints_still_refuse_a_silent_fresh_start(tmp_path):
+    checkpoint.save_checkpoint(tmp_path, 20, state(20), keep=3)
+    damage_a_tensor(checkpoint.checkpoint_path(tmp_path, 20))
+    with pytest.raises(checkpoint.UnreadableCheckpoints):
+        checkpoint.load_latest_checkpoint(tmp_path, warn=lambda text: None, set_aside=True)
+    # The next start finds only the file set aside: still no fresh start from step 0.
+    with pytest.raises(checkpoint.UnreadableCheckpoints, match=r"ckpt-00000020.pt.damaged \(set aside earlier\)"):
+        checkpoint.load_latest_checkpoint(tmp_path, warn=pytest.fail)
+
+
+def test_a_checkpoint_without_a_digest_loads_with_a_warning(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    checkpoint.atomic_save_torch(checkpoint.checkpoint_path(tmp_path, 10), state(10))
+    warnings = []
+    assert checkpoint.load_latest_checkpoint(tmp_path, warn=warnings.append)["step"] == 10
+    assert warnings == [f"checkpoint {checkpoint.checkpoint_path(tmp_path, 10)} carries no digest (written by an "
+                        "earlier version): it cannot be verified"]
+
+
+def test_the_digest_sees_every_value_and_not_the_storage():
+    from chargpt import tensor_tree
+
+    base = state(20)
+    assert tensor_tree.digest(base) == tensor_tree.digest(tensor_tree.unpack(tensor_tree.pack(base)))
+    for changed in ({**base, "step": 21}, {**base, "model": {"w": torch.full((3,), 20.0, dtype=torch.float64)}},
+                    {**base, "model": {"w": torch.full((1, 3), 20.0)}}, {**base, "vocab": ["b"]}):
+        assert tensor_tree.digest(changed) != tensor_tree.digest(base)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -20,6 +21,10 @@ IMAGE_DEFAULTS = {"NNODES": "1", "NPROC_PER_NODE": "1", "NODE_RANK": "0", "MASTE
 
 
 FAKE_CHECK = """
+if [ "$1" = check ] && [ -n "${FAKE_CHECK_STATUS_AFTER_TORCHRUN:-}" ] && [ -e "$(dirname "$0")/torchrun.ran" ]; then
+    echo "chargpt: error: the fake run diverged" >&2
+    exit "$FAKE_CHECK_STATUS_AFTER_TORCHRUN"
+fi
 if [ "$1" = check ] && [ -n "${FAKE_CHECK_STATUS:-}" ]; then
     echo "chargpt: error: the fake check fails" >&2
     exit "$FAKE_CHECK_STATUS"
@@ -136,11 +141,11 @@ exit "${FAKE_TORCHRUN_STATUS:-0}"
 """
 
 
-def start_with_slow_torchrun(fake_bin, **env: str) -> subprocess.Popen:
-    (fake_bin / "torchrun").write_text(SLOW_TORCHRUN)
+def start_with_slow_torchrun(fake_bin, torchrun: str = SLOW_TORCHRUN, **env: str) -> subprocess.Popen:
+    (fake_bin / "torchrun").write_text(torchrun)
     environ = {"PATH": f"{fake_bin}:{os.environ['PATH']}", **IMAGE_DEFAULTS, **env}
     process = subprocess.Popen(["sh", str(ENTRYPOINT)], env=environ, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 10
     while not (fake_bin / "torchrun.ready").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -161,3 +166,45 @@ def test_torchrun_s_own_failure_keeps_its_status(fake_bin):
     (fake_bin / "torchrun").write_text("#!/bin/sh\nexit 3\n")
     result = entrypoint(fake_bin)
     assert result.returncode == 3, result.stderr
+
+
+@pytest.mark.parametrize("check_status, expected", [(4, 4), (2, 2), (0, 1), (1, 1)])
+def test_after_a_failed_torchrun_a_refusing_check_gives_its_status(fake_bin, check_status, expected):
+    """A run that stopped for good fails in every torchrun restart; the check's refusal (2, or 4 for a
+    diverged run) is what the supervisor must see, not torchrun's 1."""
+    (fake_bin / "torchrun").write_text('#!/bin/sh\ntouch "$0.ran"\nexit 1\n')
+    result = entrypoint(fake_bin, FAKE_CHECK_STATUS_AFTER_TORCHRUN=str(check_status))
+    assert result.returncode == expected, result.stderr
+    assert "chargpt: error: the fake run diverged" in result.stderr  # the refusal's line stays in the log
+
+
+# torchrun that ignores SIGTERM, with or without a trainer (a child process) under it.
+STUCK_TORCHRUN = """#!{python}
+import pathlib, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+worker = subprocess.Popen(["sleep", "30"]) if {with_worker} else None
+pathlib.Path(sys.argv[0] + ".ready").write_text("ready")
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("with_worker", [False, True])
+def test_a_stop_kills_torchrun_only_when_it_runs_no_trainer(fake_bin, with_worker):
+    """Waiting for a group whose host is gone, torchrun has no step to checkpoint and may not answer
+    SIGTERM: the stop must not last the whole grace period. With a trainer under it, torchrun gets
+    its time to let the trainer checkpoint."""
+    process = start_with_slow_torchrun(fake_bin, torchrun=STUCK_TORCHRUN.format(python=sys.executable,
+                                                                              with_worker=with_worker))
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=4)
+    except subprocess.TimeoutExpired:
+        assert with_worker, "the stop waited for torchrun although it ran no trainer"
+        os.killpg(process.pid, signal.SIGKILL)  # the entrypoint, the stand-in torchrun and its trainer
+        process.communicate()
+        return
+    assert not with_worker, f"torchrun was killed although a trainer ran under it: {stderr}"
+    assert time.monotonic() - started < 5
+    assert "torchrun runs no trainer 2 s after SIGTERM (it waits for its group): killing it" in stderr
+    assert process.returncode == 143, stderr

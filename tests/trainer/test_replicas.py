@@ -7,6 +7,7 @@ the hosts' checkpoints, or are stopped with SIGTERM, and must end with the refer
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
-from conftest import child_env, chargpt_command, free_port, torchrun_command
+from harness.damage import damage_tensor_bytes
+
+from conftest import child_env, chargpt_command, free_port, leave_like_the_cli, torchrun_command
 from test_tensor_tree import assert_same
 
 SETTINGS = ["max_steps=120", "checkpoint_interval=40", "eval_interval=40", "keep_checkpoints=3", "log_interval=2"]
@@ -105,6 +109,7 @@ LOSSES = {
     "host 0 is behind": ({"keep": [40]}, {"keep": [40, 80]}),
     "host 0 is a new, empty master": ({"keep": []}, {"keep": [40, 80]}),
     "host 0's newest is torn": ({"keep": [40, 80], "torn": [80]}, {"keep": [80]}),
+    "host 0's newest is damaged inside a tensor": ({"keep": [40, 80], "damaged": [80]}, {"keep": [80]}),
 }
 
 
@@ -119,10 +124,17 @@ def test_the_group_resumes_from_the_newest_checkpoint_any_host_has(case, referen
             shutil.copy(checkpoint_file(source, step), checkpoint_file(target, step))
         for step in plan.get("torn", []):
             tear(checkpoint_file(target, step))
+        for step in plan.get("damaged", []):
+            damage_tensor_bytes(checkpoint_file(target, step))
+            assert load(checkpoint_file(target, step))["step"] == step  # torch alone takes it
         if source == reference[0] and plan["keep"]:
             shutil.copy(source / "config.json", target / "config.json")
     logs = train_hosts(corpus_path, run_dirs, without_pickle=True)
 
+    if "damaged" in LOSSES[case][0]:
+        assert "checkpoint ckpt-00000080.pt of step 80 on " in logs[0]
+        assert "is unusable (DamagedCheckpoint: " in logs[0] and "set aside as ckpt-00000080.pt.damaged" in logs[0]
+        assert (run_dirs[0] / "checkpoints" / "ckpt-00000080.pt.damaged").is_file()
     assert "resume agreement: newest checkpoint is step 80, on rank(s) 1; rank 1 sends it to rank(s) 0" in logs[0]
     assert "received step 80 from rank 1, kept as ckpt-00000080.pt" in logs[0]
     assert "resumed from step 80" in logs[0]
@@ -192,3 +204,38 @@ def test_sigterm_to_torchrun_stops_its_workers_after_a_checkpoint(corpus_path, t
     assert checkpoint_file(run_dir, step).is_file()
     # Both workers got torchrun's SIGTERM: neither left as a peer of a stopped rank.
     assert "another rank was asked to stop" not in log, log[-3000:]
+
+
+def receive_from_a_damaged_sender(rank: int, port: int, run_dir: str, corpus: str) -> None:
+    """Rank 1 holds step 80 but a tensor changed after its digest was taken; rank 0 has nothing."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    from chargpt import checkpoint
+    from chargpt.config import build_config
+    from chargpt.data import load_corpus
+    from chargpt.distributed import read_env
+    from chargpt.replicas import agree_on_resume
+    from chargpt.resume import Resume
+
+    config = build_config("smoke", dict(setting.split("=") for setting in SETTINGS), environ={})
+    state = None
+    if rank == 1:
+        state = checkpoint.load_checkpoint(checkpoint_file(Path(run_dir), 80))
+        next(iter(state["model"].values())).view(-1)[0] += 1.0  # after the digest: as if damaged in memory
+    outcome = "received"
+    try:
+        agree_on_resume(Resume(state), read_env(), Path(run_dir) / f"rank{rank}", config,
+                        load_corpus(Path(corpus), config.block_size, config.val_fraction), print, print)
+    except checkpoint.DamagedCheckpoint as error:
+        outcome = str(error)
+    (Path(run_dir) / f"outcome{rank}").write_text(outcome)
+    leave_like_the_cli()
+
+
+def test_a_copy_that_fails_its_digest_on_receipt_is_refused(reference, corpus_path, tmp_path):
+    shutil.copytree(reference[1] / "checkpoints", tmp_path / "checkpoints")
+    mp.spawn(receive_from_a_damaged_sender, args=(free_port(), str(tmp_path), str(corpus_path)), nprocs=2, join=True)
+    assert (tmp_path / "outcome0").read_text().startswith(
+        "the checkpoint of step 80 received from rank 1 is damaged: its content has sha256 ")
+    assert not (tmp_path / "rank0").exists()  # nothing kept

@@ -124,7 +124,7 @@ def test_checkpoints_that_all_fail_to_load_are_refused(tmp_path, corpus):
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
     (folder / "ckpt-00000040.pt").write_bytes(b"torn")
-    with pytest.raises(ResumeError, match="has checkpoints but none loads: ckpt-00000040.pt \\(.*\\); move them "
+    with pytest.raises(ResumeError, match="has checkpoints but none loads and verifies: ckpt-00000040.pt \\(.*\\); move them "
                                           "out of .* to start again from step 0, or restore a good one"):
         find_resume_state(tmp_path / "run", smoke(), corpus, warn=lambda text: None)
     assert (folder / "ckpt-00000040.pt").read_bytes() == b"torn"
@@ -136,4 +136,4 @@ def test_an_unreadable_checkpoint_newer_than_a_readable_one_is_skipped(tmp_path,
     checkpoint.checkpoint_path(run_dir, 60).write_bytes(b"torn")
     warnings = []
     assert find_resume_state(run_dir, smoke(), corpus, warn=warnings.append).step == 40
-    assert len(warnings) == 1 and "ckpt-00000060.pt is unreadable" in warnings[0]
+    assert len(warnings) == 1 and "checkpoint ckpt-00000060.pt of step 60 on this host is unusable" in warnings[0]

@@ -5,8 +5,8 @@
 
 Run by the trainer's systemd unit (Restart=on-failure), which starts with the engine, at boot too:
 the container has no restart policy of its own, so this is the one place that decides whether it
-starts again. It leaves alone a container that refused its settings (exit 2), one that finished
-(exit 0) and one that a person stopped: a `docker stop` seen while this script watched the container
+starts again. It leaves alone a container that refused its settings (exit 2), one whose run
+diverged and stopped for good (exit 4), one that finished (exit 0) and one that a person stopped: a `docker stop` seen while this script watched the container
 (exit 143) is written to STOP_RECORD, which keeps it stopped across reboots until a deployment
 removes the record. The engine's own stop at shutdown is never seen here: the unit is part of the
 engine's unit and stops before it, so a host that reboots starts its trainer again. The docker CLI
@@ -21,6 +21,7 @@ from pathlib import Path
 
 FINISHED = 0
 REFUSED_SETTINGS = 2
+DIVERGED = 4
 STOPPED_ON_REQUEST = 143
 # The unit restarts on any other code; 1 stands for "the supervisor itself could not do its job".
 SUPERVISOR_FAILED = 1
@@ -38,6 +39,10 @@ def supervise(cli: str, container: str, stop_record: Path) -> int:
         if exit_code == str(REFUSED_SETTINGS):
             print(f"{container} refused its settings (exit {REFUSED_SETTINGS}): not starting it again", file=sys.stderr)
             return REFUSED_SETTINGS
+        if exit_code == str(DIVERGED):
+            print(f"{container}'s run diverged and stopped for good (exit {DIVERGED}): not starting it again",
+                  file=sys.stderr)
+            return DIVERGED
         if exit_code == str(FINISHED):
             print(f"{container} finished its run (exit {FINISHED}): not starting it again", file=sys.stderr)
             return FINISHED

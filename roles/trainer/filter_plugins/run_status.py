@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-# A container that exits 2 refused its settings: its supervisor leaves it stopped (RestartPreventExitStatus).
+# A container that exits 2 refused its settings, one that exits 4 ran a run that diverged and stopped for
+# good: its supervisor leaves either stopped (RestartPreventExitStatus).
 REFUSED_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 4
 # A container stopped on request (docker stop, teardown) after its trainers checkpointed the step they
 # were at: its supervisor leaves it stopped too (the image's entrypoint).
 STOPPED_EXIT_CODE = 143
@@ -14,7 +16,8 @@ STOPPED_EXIT_CODE = 143
 def host_failed(row: dict) -> bool:
     """Stopped for good: exited non-zero and its supervisor will not start it again."""
     stopped = row["container"] not in ("running", "restarting", "created")
-    given_up = row["supervisor"] in ("failed", "inactive") or row["exit_code"] == REFUSED_EXIT_CODE
+    given_up = (row["supervisor"] in ("failed", "inactive")
+                or row["exit_code"] in (REFUSED_EXIT_CODE, DIVERGED_EXIT_CODE))
     return stopped and row["exit_code"] not in (0, None, STOPPED_EXIT_CODE) and given_up
 
 
