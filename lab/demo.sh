@@ -19,8 +19,15 @@ export PATH="$PWD/.venv/bin:$PATH"
 inventory="$(LAB_NAME="$lab" lab/lab up --hosts "$hosts")"
 inventory_dir="$(dirname "$inventory")"
 
-ansible-playbook site.yml -i "$inventory_dir" \
-    -e "{\"trainer_preset\": \"$preset\", \"trainer_run_id\": \"$run_id\", \"trainer_wait\": true}"
+# The screen gets the stages, the probe's table, the run's progress, failures and the results
+# (CHARGPT_BRIEF, plugins/callback/chargpt.py); Ansible's whole output goes to the log file.
+log="$PWD/artifacts/demo-$run_id.log"
+mkdir -p "$(dirname "$log")"
+rm -f "$log"
+echo "demo: site.yml on $hosts simulated hosts, preset $preset; Ansible's full output: $log"
+CHARGPT_BRIEF=1 ANSIBLE_LOG_PATH="$log" ansible-playbook site.yml -i "$inventory_dir" \
+    -e "{\"trainer_preset\": \"$preset\", \"trainer_run_id\": \"$run_id\", \"trainer_wait\": true}" ||
+    { echo "demo: site.yml failed; the failure is above, every task in $log" >&2; exit 1; }
 
 artifacts="$PWD/artifacts/$run_id"
 for file in model.pt sample.txt loss.svg; do
@@ -33,6 +40,7 @@ Trained across $hosts simulated hosts in $((SECONDS - start)) s. On this machine
   sample text  $artifacts/sample.txt
   loss chart   $artifacts/loss.svg
   metrics      $artifacts/metrics.jsonl
+  Ansible log  $log
 More text:  .venv/bin/chargpt sample --run-dir $artifacts --prompt "ROMEO:" --chars 300
 Look at the hosts: LAB_NAME=$lab lab/lab status    Remove them: LAB_NAME=$lab lab/lab down
 MSG

@@ -26,7 +26,7 @@ def previous_starts(run_dir: Path) -> int:
 
 def write_progress(run_dir: Path, state: str, step: int, max_steps: int, loss: float, tokens_per_s: float,
                    eta_s: float, world_size: int, starts: int) -> None:
-    """state is "training" or "finished"; checkpoint is the newest on this host, if any."""
+    """state is "training", "stopped", "diverged" or "finished"; checkpoint is the newest on this host, if any."""
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoint.list_checkpoints(run_dir)
     record = {"state": state, "step": step, "max_steps": max_steps,

@@ -15,6 +15,9 @@ from harness.playbook import PlaybookRun, ansible_env, tool
 from .lab import Lab
 
 STATE_LINE = re.compile(r'"run (\S+): (starting|training|recovering|finished|failed|stopped)"')
+# A line of bin/chargpt-logs: time (UTC, milliseconds), host, node rank, the trainer's line.
+LOGS_LINE = re.compile(r"(?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<host>\S+) rank (?P<rank>\d+) \| "
+                       r"(?P<text>.*)")
 # bin/chargpt-status's exit status by state, as its usage and the README give it.
 FINISHED, FAILED, RUNNING, STOPPED = 0, 1, 3, 5
 

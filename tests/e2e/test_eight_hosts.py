@@ -11,6 +11,7 @@ Only against the lab, never --inventory."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -20,7 +21,7 @@ from harness.playbook import assert_succeeded
 from .checks import ARTIFACT_CHECKS, CHECKS, check_id
 from .cluster import Cluster
 from .lab import KEEP_LAB, LAB_NAME, Lab, timed
-from .status import FINISHED, status
+from .status import FINISHED, LOGS_LINE, bin_command, status
 
 HOSTS = 8
 RUN_ID = "e2e-eight-hosts"
@@ -41,6 +42,13 @@ def eight_hosts_lab(pytestconfig, artifacts_dir):
         assert not installed, f"site.yml installed packages on hosts that held the engine's already: {installed}"
         configured = [task for task in deployed.changed_tasks() if task.startswith("docker : Write the engine's daemon")]
         assert len(configured) == HOSTS, f"daemon.json written on {configured} (log {deployed.log})"
+        # While it waited for the run, site.yml showed the run's progress (plugins/callback/chargpt.py),
+        # not a retry line per poll.
+        lines = deployed.output.splitlines()
+        retries = [line for line in lines if "RETRYING" in line and "Wait until the master's supervisor" in line]
+        assert not retries, f"site.yml printed retries while it waited for the run: {retries[:3]}"
+        assert any(re.match(r"run \w+: step \d+/\d+ \| loss ", line) for line in lines), (
+            f"site.yml showed no progress of the run while it waited (log {deployed.log})")
         yield lab
     finally:
         if not KEEP_LAB:
@@ -69,3 +77,9 @@ def test_eight_hosts_status(eight_hosts_lab, eight_hosts):
     shown = status(eight_hosts_lab, eight_hosts.names, log_name=f"status-{HOSTS}-hosts")
     assert (shown.run_id, shown.state, shown.exit_code) == (RUN_ID, "finished", FINISHED), shown.run.tail(30)
     assert all(shown.step(host) == shown.step(eight_hosts.names[0]) > 0 for host in eight_hosts.names), shown.rows
+    # Every host's log in one place (its time is in the e2e timings).
+    logs = timed(f"logs-{HOSTS}-hosts", bin_command, "chargpt-logs", eight_hosts_lab, "--tail", "20")
+    assert logs.returncode == 0, logs.stdout[-2000:] + logs.stderr
+    lines = [LOGS_LINE.fullmatch(line) for line in logs.stdout.splitlines()]
+    assert lines and all(lines), logs.stdout[:2000]
+    assert {line["host"] for line in lines} == set(eight_hosts.names), logs.stdout[:2000]

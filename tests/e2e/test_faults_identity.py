@@ -11,8 +11,8 @@ import time
 
 from .fault_lab import (BASE_RUN, SUPERVISOR_WATCH_S, assert_refused_another_corpus, changed_corpus, deploy,
                         recording, run_vars, stop_trainers)
-from .faults import CaseResult, FaultRun, on_host
-from .status import FAILED, status
+from .faults import STEP_LINE, CaseResult, FaultRun, on_host
+from .status import FAILED, LOGS_LINE, bin_command, status
 
 # What the fault injection makes `chargpt check` refuse, as a setting only the trainer can judge.
 REFUSAL = "fault injection: max_step is not a setting"
@@ -70,6 +70,13 @@ def test_a_setting_only_the_trainer_judges_ends_the_deployment_at_once(fault_lab
     assert REFUSAL in failed.command.stdout, f"bin/chargpt-status shows no error line:\n{failed.command.stdout}"
     assert all(cells[2] == "exited(2)" for cells in failed.rows.values()), failed.rows
     assert REFUSAL in failed.run.text, f"status.yml does not show the trainer's error line:\n{failed.run.tail(30)}"
+    # bin/chargpt-logs --errors: what explains the failure, from every host, and nothing else.
+    errors = bin_command("chargpt-logs", fault_lab.lab, "--errors")
+    assert errors.returncode == 0, errors.stdout[-2000:] + errors.stderr
+    shown = [LOGS_LINE.fullmatch(line) for line in errors.stdout.splitlines()]
+    assert shown and all(shown), f"bin/chargpt-logs --errors printed:\n{errors.stdout[:2000]}"
+    assert {line["host"] for line in shown if REFUSAL in line["text"]} == set(run.cluster.names), errors.stdout[:2000]
+    assert not [line for line in shown if STEP_LINE.search(line["text"])], "--errors showed step lines"
 
 
 def test_a_finished_run_with_another_corpus_is_not_reported_done(fault_lab, tmp_path):

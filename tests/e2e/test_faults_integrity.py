@@ -47,12 +47,13 @@ def test_a_model_damaged_on_the_master_is_reported_by_the_fetch_and_not_installe
         messages = playbook.failure_messages()
         result.details = {"exit_code": playbook.returncode, "failed_after_s": took, "messages": messages}
         assert playbook.returncode != 0, f"site.yml installed a damaged model.pt (log {playbook.log})"
-        assert "the fetched model.pt (sha256 " in playbook.text and "do not match the digests" in playbook.text, (
+        assert messages and messages[0].startswith("install_artifacts: the fetched model.pt (sha256 "), (
             f"the fetch did not name the damaged file (log {playbook.log}):\n{playbook.tail(30)}")
+        assert "do not match the digests" in messages[0], messages
         assert installed.read_bytes() == good, "the control node's model.pt changed"
         result.progress_lost_steps = 0
-        result.outcome = (f"exit {playbook.returncode} after {took} s: the installer named model.pt and both digests; "
-                          f"the control node kept its intact copy")
+        result.outcome = (f"exit {playbook.returncode} after {took} s: {messages[0][:150]}; the control node kept "
+                          "its intact copy")
 
 
 def nonfinite_checkpoints(host: str, run_dir: str, folder: Path) -> list[str]:
@@ -87,8 +88,9 @@ def test_a_diverging_learning_rate_stops_the_run_for_good(fault_lab, tmp_path):
         run = FaultRun(fault_lab.lab, fault_lab.cluster(), run_id, overrides["max_steps"])
         result.details = {"exit_code": playbook.returncode, "failed_after_s": took}
         assert playbook.returncode != 0, f"site.yml succeeded with a diverging run (log {playbook.log})"
-        assert "the run diverged: step " in playbook.text, (
-            f"the trainer's message is not in site.yml's output (log {playbook.log}):\n{playbook.tail(30)}")
+        messages = playbook.failure_messages()
+        assert messages and ": chargpt: error: the run diverged: step " in messages[0], (
+            f"the trainer's message does not lead site.yml's (log {playbook.log}):\n{playbook.tail(30)}")
         hosts = run.cluster.names
         exits = {host: on_host(host, "docker", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
                                run.container(host)).stdout.split() for host in hosts}
@@ -104,7 +106,6 @@ def test_a_diverging_learning_rate_stops_the_run_for_good(fault_lab, tmp_path):
         result.details["status_exit_code"] = shown.returncode
         assert shown.returncode == FAILED, f"bin/chargpt-status exited {shown.returncode}:\n{shown.stdout}{shown.stderr}"
         assert shown.stdout.startswith(f"run {run_id}: failed") and "the run diverged: step " in shown.stdout, shown.stdout
-        messages = playbook.failure_messages()
         result.progress_lost_steps = 0
         result.outcome = (f"exit {playbook.returncode} after {took} s; every trainer exited {DIVERGED_EXIT} and stays "
                           f"stopped; site.yml and bin/chargpt-status show the trainer's line "

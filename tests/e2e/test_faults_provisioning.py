@@ -14,7 +14,7 @@ import json
 import re
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import pytest
@@ -28,15 +28,11 @@ from .fault_lab import (LONG_OVERRIDES, InOrder, assert_refused_another_corpus, 
                         run_vars, stop_trainers)
 from .faults import RESUMED_LINE, STEP_LINE, CaseResult, FaultRun, on_host, snapshot, snapshot_differences
 from .lab import timed
-from .status import RUNNING, bin_command, status
+from .status import LOGS_LINE, RUNNING, bin_command, status
 
 # Never finishes while the tests run (about 25 steps a second while playbooks take the CPU).
 OVERRIDES = dict(LONG_OVERRIDES, max_steps=20000, checkpoint_interval=250)
 LONG_RUN_STEPS = ["status", "8e", "5", "7", "killed", "8b"]
-# A line of bin/chargpt-logs: time (UTC, milliseconds), host, node rank, the trainer's line.
-LOGS_LINE = re.compile(r"(?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<host>\S+) rank (?P<rank>\d+) \| "
-                       r"(?P<text>.*)")
-
 
 @dataclass
 class LongRun(InOrder):
@@ -65,7 +61,7 @@ def long_run(fault_lab) -> LongRun:
     return LongRun(run, hosts, two_hosts)
 
 
-def test_status_follows_the_run_while_it_trains(fault_lab, long_run):
+def test_status_follows_the_run_while_it_trains(fault_lab, long_run, tmp_path):
     run, hosts = long_run.run, long_run.hosts
     first = status(fault_lab.lab, hosts, log_name="faults-status-training-1")
     time.sleep(3)
@@ -85,6 +81,16 @@ def test_status_follows_the_run_while_it_trains(fault_lab, long_run):
     assert [line["at"] for line in shown] == sorted(line["at"] for line in shown), logs.stdout[:2000]
     assert {line["host"]: int(line["rank"]) for line in shown} == {host: rank for rank, host in enumerate(hosts)}
     assert any(line["rank"] == "0" and STEP_LINE.search(line["text"]) for line in shown), logs.stdout[-2000:]
+    # A host that cannot be reached (no SSH server where the inventory says) is named; the others still show.
+    ghost = "e2e-host-unreachable"
+    with_ghost = replace(long_run.two_hosts, workers=[*long_run.two_hosts.workers, ghost]).with_host_var(
+        ghost, "ansible_host", "127.0.0.1").with_host_var(ghost, "ansible_port", 1)
+    partial = timed("faults-logs-unreachable-host", bin_command, "chargpt-logs", fault_lab.lab, "--tail", "5",
+                    inventory=with_ghost.write(tmp_path / "with-unreachable.yml"))
+    assert partial.returncode == 4, partial.stdout[-2000:] + partial.stderr
+    assert f"chargpt-logs: {ghost}: not read: could not be reached" in partial.stderr, partial.stderr
+    read = {match["host"] for match in map(LOGS_LINE.fullmatch, partial.stdout.splitlines()) if match}
+    assert read == set(hosts), f"bin/chargpt-logs showed {read} with {ghost} unreachable:\n{partial.stdout[:2000]}"
     long_run.passed.append("status")
 
 
