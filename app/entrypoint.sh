@@ -110,15 +110,26 @@ run_torchrun_until_done() {
 }
 
 # torchrun with no trainer process (between two attempts, waiting in the rendezvous for a host that
-# is gone) has no step to checkpoint, yet its wait on the rendezvous store can outlast the stop's
-# whole grace period. It is killed when it runs no trainer IDLE_AGENT_STOP_S after SIGTERM.
+# is gone, its last trainer not even reaped) has no step to checkpoint, yet its wait on the
+# rendezvous store ignores SIGTERM for as long as the stop's whole grace period. It is killed when
+# it runs no trainer IDLE_AGENT_STOP_S after SIGTERM.
 IDLE_AGENT_STOP_S=2
 stop_idle_agent() {
     sleep "$IDLE_AGENT_STOP_S"
-    if kill -0 "$1" 2>/dev/null && ! grep -qs "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status; then
+    if kill -0 "$1" 2>/dev/null && ! runs_a_child "$1"; then
         echo "entrypoint: torchrun runs no trainer ${IDLE_AGENT_STOP_S} s after SIGTERM (it waits for its group): killing it" >&2
         kill -KILL "$1" 2>/dev/null || true
     fi
+}
+
+# Whether process $1 has a child that is alive (a zombie, exited but not reaped, does not count).
+runs_a_child() {
+    for status_file in /proc/[0-9]*/status; do
+        if grep -qs "^PPid:[[:space:]]*$1\$" "$status_file" && ! grep -qs "^State:[[:space:]]*Z" "$status_file"; then
+            return 0
+        fi
+    done
+    return 1
 }
 
 command="${1:-train}"

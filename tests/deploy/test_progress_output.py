@@ -31,14 +31,14 @@ PLAYBOOK = """
       register: polled
       until: "polled.stdout is search('step.: 40')"
       retries: 5
-      delay: 1
+      delay: 0
       changed_when: false
     - name: Wait for something else
       ansible.builtin.command: "true"
       register: other
       until: other.rc == 1
       retries: 1
-      delay: 1
+      delay: 0
       changed_when: false
       ignore_errors: true
     - name: Show the result

@@ -178,23 +178,25 @@ def test_after_a_failed_torchrun_a_refusing_check_gives_its_status(fake_bin, che
     assert "chargpt: error: the fake run diverged" in result.stderr  # the refusal's line stays in the log
 
 
-# torchrun that ignores SIGTERM, with or without a trainer (a child process) under it.
+# torchrun that ignores SIGTERM, with a trainer (a child process) under it, none, or one that exited
+# and was not reaped (a zombie), as when torchrun blocks in a rendezvous after its trainer left.
 STUCK_TORCHRUN = """#!{python}
 import pathlib, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-worker = subprocess.Popen(["sleep", "30"]) if {with_worker} else None
+worker = subprocess.Popen(["sleep", "30" if "{child}" == "running" else "0"]) if "{child}" != "none" else None
+time.sleep(0.5)  # a trainer that exits first is a zombie from here on: nobody waits for it
 pathlib.Path(sys.argv[0] + ".ready").write_text("ready")
 time.sleep(30)
 """
 
 
-@pytest.mark.parametrize("with_worker", [False, True])
-def test_a_stop_kills_torchrun_only_when_it_runs_no_trainer(fake_bin, with_worker):
+@pytest.mark.parametrize("child", ["none", "exited", "running"])
+def test_a_stop_kills_torchrun_only_when_it_runs_no_trainer(fake_bin, child):
     """Waiting for a group whose host is gone, torchrun has no step to checkpoint and may not answer
     SIGTERM: the stop must not last the whole grace period. With a trainer under it, torchrun gets
     its time to let the trainer checkpoint."""
-    process = start_with_slow_torchrun(fake_bin, torchrun=STUCK_TORCHRUN.format(python=sys.executable,
-                                                                              with_worker=with_worker))
+    with_worker = child == "running"
+    process = start_with_slow_torchrun(fake_bin, torchrun=STUCK_TORCHRUN.format(python=sys.executable, child=child))
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     try:
