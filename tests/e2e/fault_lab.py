@@ -60,7 +60,7 @@ TIMEOUT_MARGIN_S = 15
 CHECKPOINT_PAUSE_S = 45
 # Every case the fault tests record (tests/e2e/test_checks.py checks this list against the
 # CaseResult(...) of the test files): docs/RELIABILITY.md is rendered only when all of them ran.
-EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "7",
+EXPECTED_CASES = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i", "6j", "6k", "6l", "7",
                   "8a", "8b", "8c", "8d", "8e", "10a", "10b", "10c", "10d", "11a", "11b", "11c", "12a", "12b",
                   "12c"]
 

@@ -1,6 +1,7 @@
-"""Fault cases 6a-6j (issue 5): bad inventories and corpora. site.yml must stop in its preflight
-play with one message that names the problem, and no host may change. They run first among the
-fault cases, on the fault lab as its base run left it (see fault_lab.py)."""
+"""Fault cases 6a-6l (issues 5 and 26): bad inventories, corpora and runs too big for their memory.
+site.yml must stop in its preflight play with one message that names the problem, and no host may
+change. They run first among the fault cases, on the fault lab as its base run left it (see
+fault_lab.py)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,13 @@ BAD_INPUTS = [
     ("6j", "corpus too short for the context (300 bytes)",
      lambda tmp: group_var("trainer_corpus_path", write_corpus(tmp, "short.txt", CORPUS.read_bytes()[:300])),
      ["corpus {corpus} is too short: its validation split has 30 characters but block_size=32"]),
+    ("6k", "a memory limit below what the trainers take before any model (trainer_memory_limit: 256m)",
+     lambda tmp: group_var("trainer_memory_limit", "256m"),
+     ["chargpt: error: this run needs about ", "more than the memory limit of 0.25 GiB (256m), which is below the",
+      "raise the limit above"]),
+    ("6l", "a run too big for its memory limit (the original preset under trainer_memory_limit: 4g)",
+     lambda tmp: group_var("trainer_memory_limit", "4g"),
+     ["chargpt: error: this run needs about ", "more than the memory limit of 4.00 GiB (4g): set micro_batch_size="]),
 ]
 
 
@@ -89,6 +97,10 @@ def settled_hosts(fault_lab) -> dict:
     run = FaultRun(fault_lab.lab, fault_lab.cluster(), BASE_RUN["run_id"], BASE_RUN["overrides"]["max_steps"])
     assert run.summary() is not None, "the base run did not finish"
     return snapshot(fault_lab.cluster().names)
+
+
+# Run variables of a case beside those of the base run (extra variables beat the inventory's).
+RUN_VAR_CHANGES = {"6l": {"trainer_preset": "original"}}
 
 
 @pytest.mark.parametrize("case, problem, make_change, fragments", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
@@ -102,8 +114,9 @@ def test_bad_input_stops_before_any_host_changes(fault_lab, settled_hosts, tmp_p
     names = {"master": cluster.names[0], "worker": cluster.names[1], "corpus": corpus}
     with recording(fault_lab, CaseResult(case, f"site.yml with {problem}", "")) as result:
         started = time.monotonic()
-        run = lab.playbook("site.yml", "-e", json.dumps(run_vars(BASE_RUN["run_id"], BASE_RUN["overrides"], wait=True)),
-                           log_name=f"faults-bad-input-{case}", inventory=inventory)
+        run_vars_ = {**run_vars(BASE_RUN["run_id"], BASE_RUN["overrides"], wait=True), **RUN_VAR_CHANGES.get(case, {})}
+        run = lab.playbook("site.yml", "-e", json.dumps(run_vars_), log_name=f"faults-bad-input-{case}",
+                           inventory=inventory)
         exit_after = round(time.monotonic() - started, 1)
         messages = [message.replace(f"{tmp_path}/", "") for message in run.failure_messages()]
         result.details = {"exit_code": run.returncode, "exit_after_s": exit_after}

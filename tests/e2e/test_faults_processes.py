@@ -1,9 +1,9 @@
 """Fault cases 3, 1, 2 with 12a, 10b, 4, 11a and 11b (issues 5, 10, 24 and 26): a process, a container
 or a host hit during a run (rank 0 killed halfway through a checkpoint, kill -9 of a worker's training
-process, docker kill of a worker's container just after its newest checkpoint was damaged in place, docker kill of rank 0's container, which hosts the rendezvous, a
-worker paused past the collective timeout, the master's host rebooted, the worker's host cut from its
-power and booted again). Each must restart the group with nobody acting and resume from the newest
-complete checkpoint any host has.
+process, docker kill of a worker's container just after its newest checkpoint was damaged in place,
+docker kill of rank 0's container, which hosts the rendezvous, a worker paused past the collective
+timeout, the master's host rebooted, the worker's host cut from its power and booted again). Each
+must restart the group with nobody acting and resume from the newest complete checkpoint any host has.
 
 The seven faults hit one run, in this order, each once the run trains again after the one before
 and has written a checkpoint of its own: they are independent (a restart leaves nothing behind but
@@ -182,7 +182,8 @@ def test_worker_container_killed_with_its_newest_checkpoint_damaged(fault_lab, c
         chain.results["12a"] = case
         worker_log = "\n".join(line.text for line in run.host_log(worker) if line.at > injected_at)
         assert recovery.resumed_from == step, f"resumed from {recovery.resumed_from}, not the damaged step {step}"
-        assert f"checkpoint {name} of step {step} on " in worker_log and "is unusable (DamagedCheckpoint: " in worker_log, (
+        assert f"checkpoint {name} of step {step} on " in worker_log, run.log_tail(host=worker)
+        assert "is unusable (DamagedCheckpoint: " in worker_log, (
             f"{worker} did not report the damaged {name}; its log ends:\n{run.log_tail(host=worker)}")
         assert f"set aside as {name}.damaged" in worker_log and f"{name}.damaged" in case.details["checkpoints_after"]
         assert f"received step {step} from rank 0, kept as {name}" in worker_log, run.log_tail(host=worker)

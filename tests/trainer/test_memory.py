@@ -74,6 +74,17 @@ def test_a_model_too_large_for_any_micro_batch_is_refused(capsys, corpus_path):
     assert "more than the memory limit of 1.00 GiB (1g): make the model smaller (n_layer=24, n_embd=1024" in error
 
 
+@pytest.mark.parametrize("processes, limit", [(1, "256m"), (3, "1g")])
+def test_a_limit_below_the_trainers_without_a_model_says_to_raise_it(capsys, corpus_path, processes, limit):
+    status = main(["check", "--data", str(corpus_path), "--preset", "smoke", "--memory-limit", limit,
+                   "--processes-per-host", str(processes), "--world-size", str(2 * processes)])
+    error = capsys.readouterr().err
+    assert status == EXIT_BAD_INPUT
+    assert f"({limit}), which is below the " in error and "its trainers take before any model" in error
+    assert "raise the limit above " in error and "micro_batch_size" not in error
+    assert ("or run fewer processes per host" in error) == (processes > 1)
+
+
 def test_a_run_that_fits_passes_and_reports_its_estimate(capsys, corpus_path):
     status = main(["check", "--data", str(corpus_path), "--preset", "original", "--memory-limit", "8g", "--json"])
     memory = json.loads(capsys.readouterr().out)["memory"]
