@@ -38,12 +38,11 @@ def artifacts_dir(pytestconfig) -> Path:
 
 
 # The order the e2e modules run in, by the labs they use: the tests without a lab, then the two-host
-# lab's modules one after the other (its own scenarios, the fault cases, then its teardown), the
-# eight-host lab.
+# lab's modules one after the other (its own scenarios, then the fault cases), the eight-host lab.
 # Each lab goes down as soon as the last test that uses it has run (see pytest_runtest_teardown),
 # so that no idle lab shares the machine's two cores with the next one.
 MODULE_ORDER = ["test_checks", "test_fault_records", "test_lab_command", "test_cluster", "test_lab_scenarios",
-                "test_faults_", "test_lab_teardown", "test_eight_hosts"]
+                "test_faults_", "test_eight_hosts"]
 # Session-wide lab fixtures, and how each is taken down early: {fixture name: ExitStack}.
 _LAB_STACKS: dict[str, contextlib.ExitStack] = {}
 

@@ -1,9 +1,9 @@
 """Scenarios that change the lab, in order: a second run changes nothing, a check run reports
 nothing (with the run's artifacts not fetched yet, which it does not fetch), an image from an
-external registry takes the finished run on by an allowed change of max_steps. (A host that joins
-and leaves a run is fault case 10a, on the same lab: test_faults_replicas.py; teardown comes last,
-test_lab_teardown.py.) They run after test_cluster.py (same session lab) and only against the lab,
-never --inventory."""
+external registry takes the finished run on by an allowed change of max_steps, teardown leaves
+nothing behind. (A host that joins and leaves a run is fault case 10a, on the same lab:
+test_faults_replicas.py.) They run after test_cluster.py (same session lab) and only against the
+lab, never --inventory."""
 
 from __future__ import annotations
 
@@ -89,3 +89,18 @@ def test_an_external_registry_serves_the_image_and_a_finished_run_goes_on(lab, a
         f"{rank0.name}'s log does not say 'resumed from step {before['final_step']}'")
     for check in ARTIFACT_CHECKS:
         check(cluster, artifacts_dir)
+
+
+def test_teardown_leaves_no_trainer_or_network(lab, artifacts_dir):
+    cluster = Cluster(lab.inventory)
+    network = cluster.overlay_network
+    assert_succeeded(lab.playbook("playbooks/teardown.yml", log_name="teardown"))
+    for name in cluster.names:
+        leftovers = cluster.sh(name, "docker ps -a --format '{{.Names}}' --filter %s", f"label={RUN_ID_LABEL}").split()
+        leftovers += cluster.sh(name, "docker ps -a --format '{{.Names}}' --filter %s",
+                                "label=com.docker.compose.project").split()
+        leftovers += cluster.sh(name, "docker ps -a --format '{{.Names}}' --filter %s", "label=org.chargpt.role").split()
+        assert not leftovers, f"{name}: containers left after teardown: {sorted(set(leftovers))}"
+        networks = cluster.sh(name, "docker network ls --format '{{.Name}}'").split()
+        assert network not in networks, f"{name}: network {network} left after teardown"
+    assert (artifacts_dir / RUN_ID / "model.pt").is_file(), "teardown removed the fetched artifacts"

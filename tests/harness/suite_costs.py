@@ -58,11 +58,11 @@ PARTS = (
     Part("Two-host lab", ("tests/e2e/test_cluster.py", "tests/e2e/test_lab_scenarios.py"),
          "a fresh site.yml with the network probe trains across two simulated hosts; every cluster and artifact "
          "check (testinfra); a second run changes nothing; --check reports nothing; an image from an external "
-         "registry takes a finished run on (an allowed change of max_steps)"),
+         "registry takes a finished run on (an allowed change of max_steps); teardown leaves nothing"),
     Part("Fault cases, on the two-host lab", ("tests/e2e/test_faults_bad_input.py", "tests/e2e/test_faults_identity.py",
                                                "tests/e2e/test_faults_integrity.py", "tests/e2e/test_faults_probe.py", "tests/e2e/test_faults_processes.py",
                                                "tests/e2e/test_faults_provisioning.py",
-                                               "tests/e2e/test_faults_replicas.py", "tests/e2e/test_lab_teardown.py"),
+                                               "tests/e2e/test_faults_replicas.py"),
          "every fault case of docs/RELIABILITY.md (which it writes): bad inputs (oversized runs among them) stop "
          "in preflight; refused settings, corpora and run ids; a damaged model refused by the fetch; a diverging "
          "run stopped for good; the probe's limits; seven faults on one run (five process faults, one with a "
@@ -71,7 +71,7 @@ PARTS = (
          "it) and leaves it, trainers stopped by bin/chargpt-stop (kept stopped across a reboot; --cancel; "
          "another run id refused), the master's host lost for "
          "good (the hosts left notice it within dead_peer_timeout_s, the dead node pruned, the join tokens "
-         "rotated); then teardown leaves nothing on the hosts the faults left"),
+         "rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
          "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
          "split), every cluster and artifact check, the status of the finished run"),
