@@ -20,12 +20,12 @@ inventory="$(LAB_NAME="$lab" lab/lab up --hosts "$hosts")"
 inventory_dir="$(dirname "$inventory")"
 
 # The screen gets the stages, the probe's table, the run's progress, failures and the results
-# (CHARGPT_BRIEF, plugins/callback/chargpt.py); Ansible's whole output goes to the log file.
+# (ANSIBLE_CHARGPT_BRIEF, plugins/callback/chargpt.py); Ansible's whole output goes to the log file.
 log="$PWD/artifacts/demo-$run_id.log"
 mkdir -p "$(dirname "$log")"
 rm -f "$log"
 echo "demo: site.yml on $hosts simulated hosts, preset $preset; Ansible's full output: $log"
-CHARGPT_BRIEF=1 ANSIBLE_LOG_PATH="$log" ansible-playbook site.yml -i "$inventory_dir" \
+ANSIBLE_CHARGPT_BRIEF=1 ANSIBLE_LOG_PATH="$log" ansible-playbook site.yml -i "$inventory_dir" \
     -e "{\"trainer_preset\": \"$preset\", \"trainer_run_id\": \"$run_id\", \"trainer_wait\": true}" ||
     { echo "demo: site.yml failed; the failure is above, every task in $log" >&2; exit 1; }
 

@@ -17,8 +17,8 @@ DOCUMENTATION = """
     description:
       - Ansible's default output. A task that polls a run (until/retries) and prints a progress.json record
         among its output shows the run's step, loss, tokens/s and ETA instead of "FAILED - RETRYING" lines,
-        at most every CHARGPT_PROGRESS_EVERY_S seconds (default 10) and only when the step moved.
-      - With CHARGPT_BRIEF=1 in the environment, the screen shows the stages (plays), what the roles show
+        at most every ANSIBLE_CHARGPT_PROGRESS_EVERY_S seconds (default 10) and only when the step moved.
+      - With ANSIBLE_CHARGPT_BRIEF=1 in the environment, the screen shows the stages (plays), what the roles show
         people (their debug messages), the run's progress, failures, warnings and the recap; everything
         else still goes to the log file (ANSIBLE_LOG_PATH) when one is set. A debug message shows as its
         text.
@@ -27,6 +27,9 @@ DOCUMENTATION = """
       - result_format_callback
 """
 
+# Its settings are ANSIBLE_CHARGPT_*: the trainer's own check, which the preflight runs on the control
+# node, takes every CHARGPT_<KEY> variable of the environment for a setting of the run.
+BRIEF_VARIABLE, PROGRESS_EVERY_VARIABLE = "ANSIBLE_CHARGPT_BRIEF", "ANSIBLE_CHARGPT_PROGRESS_EVERY_S"
 DEBUG_ACTIONS = frozenset({"debug", "ansible.builtin.debug", "ansible.legacy.debug"})
 
 
@@ -63,8 +66,8 @@ class CallbackModule(DefaultCallback):
 
     def __init__(self):
         super().__init__()
-        self._brief = os.environ.get("CHARGPT_BRIEF", "") not in ("", "0")
-        self._progress_every_s = float(os.environ.get("CHARGPT_PROGRESS_EVERY_S", "10"))
+        self._brief = os.environ.get(BRIEF_VARIABLE, "") not in ("", "0")
+        self._progress_every_s = float(os.environ.get(PROGRESS_EVERY_VARIABLE, "10"))
         self._last_progress = (None, 0.0)  # (step, when) of the latest progress line
         self._showing = True
         if self._brief:

@@ -1,6 +1,6 @@
 """The stdout callback of ansible.cfg (plugins/callback/chargpt.py), with a playbook on this machine: a
 task that polls a run shows the run's progress instead of "FAILED - RETRYING" lines, other retries
-stay as Ansible prints them, and the brief mode of lab/demo.sh (CHARGPT_BRIEF=1) keeps the screen to
+stay as Ansible prints them, and the brief mode of lab/demo.sh (ANSIBLE_CHARGPT_BRIEF=1) keeps the screen to
 the stages, the messages for people, the progress, failures and the recap, with every task in the log."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run(tmp_path, **env: str):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(f"all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
                          f"      ansible_python_interpreter: {sys.executable}\n")
-    return run_playbook(playbook, inventory, env={"CHARGPT_PROGRESS_EVERY_S": "0", **env})
+    return run_playbook(playbook, inventory, env={"ANSIBLE_CHARGPT_PROGRESS_EVERY_S": "0", **env})
 
 
 def test_a_poll_of_a_run_shows_its_progress_and_other_retries_stay(tmp_path):
@@ -73,7 +73,7 @@ def test_a_poll_of_a_run_shows_its_progress_and_other_retries_stay(tmp_path):
 
 def test_the_brief_mode_shows_what_a_person_reads_and_logs_everything(tmp_path):
     log = tmp_path / "ansible.log"
-    result = run(tmp_path, CHARGPT_BRIEF="1", ANSIBLE_LOG_PATH=str(log))
+    result = run(tmp_path, ANSIBLE_CHARGPT_BRIEF="1", ANSIBLE_LOG_PATH=str(log))
     screen = result.output
     assert result.returncode == 2
     assert "PLAY [Wait for a run]" in screen and "PLAY RECAP" in screen
@@ -85,3 +85,12 @@ def test_the_brief_mode_shows_what_a_person_reads_and_logs_everything(tmp_path):
     logged = log.read_text()
     for task in ("Prepare the run", "Wait until the run ends", "Wait for something else", "Show the result"):
         assert f"TASK [{task}]" in logged, logged
+
+
+def test_its_variables_are_not_taken_for_settings_of_the_run(tmp_path):
+    """The preflight's `chargpt check` runs in the environment of ansible-playbook, where lab/demo.sh
+    sets the callback's variables: they must not look like the trainer's CHARGPT_<KEY> settings."""
+    from chargpt.config import build_config
+
+    assert build_config("smoke", environ={"ANSIBLE_CHARGPT_BRIEF": "1", "ANSIBLE_CHARGPT_PROGRESS_EVERY_S": "0"}) \
+        == build_config("smoke", environ={})
