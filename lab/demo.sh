@@ -21,7 +21,7 @@ inventory_dir="$(dirname "$inventory")"
 
 # The screen gets the stages, the probe's table, the run's progress, failures and the results
 # (ANSIBLE_CHARGPT_BRIEF, plugins/callback/chargpt.py); Ansible's whole output goes to the log file.
-log="$PWD/artifacts/demo-$run_id.log"
+log="$PWD/artifacts/$run_id.log"
 mkdir -p "$(dirname "$log")"
 rm -f "$log"
 echo "demo: site.yml on $hosts simulated hosts, preset $preset; Ansible's full output: $log"
