@@ -31,24 +31,27 @@ class DamagedCheckpoint(ValueError):
     """A checkpoint whose content does not match the digest it was written with."""
 
 
-def with_digest(state: dict) -> dict:
-    """state and, last, the digest of everything else in it (tensor_tree.digest)."""
+def _content_digest(state: dict) -> str:
+    """tensor_tree.digest of everything in state but its digest."""
     from . import tensor_tree
 
+    return tensor_tree.digest({key: value for key, value in state.items() if key != DIGEST_KEY})
+
+
+def with_digest(state: dict) -> dict:
+    """state and, last, the digest of everything else in it."""
     content = {key: value for key, value in state.items() if key != DIGEST_KEY}
-    return {**content, DIGEST_KEY: tensor_tree.digest(content)}
+    return {**content, DIGEST_KEY: _content_digest(content)}
 
 
 def verify(state: dict, what: str, warn: Callable[[str], None]) -> dict:
     """state, once its content matches its digest; DamagedCheckpoint names what when it does not.
     A checkpoint written before checkpoints carried digests cannot be checked: warn says so."""
-    from . import tensor_tree
-
     recorded = state.get(DIGEST_KEY)
     if recorded is None:
         warn(f"{what} carries no digest (written by an earlier version): it cannot be verified")
         return state
-    actual = tensor_tree.digest({key: value for key, value in state.items() if key != DIGEST_KEY})
+    actual = _content_digest(state)
     if actual != recorded:
         raise DamagedCheckpoint(f"{what} is damaged: its content has sha256 {actual[:12]}, it was written with "
                                 f"{str(recorded)[:12]}")
@@ -200,7 +203,6 @@ def _set_aside(path: Path) -> Path:
     except FileNotFoundError:  # another process of this host set it aside first
         pass
     return target
-
 
 
 def _describe(error: Exception) -> str:

@@ -132,16 +132,16 @@ def check_fits(memory: MemoryEstimate, limit: int, limit_text: str, config: Trai
         return
     need = (f"{memory.processes} processes of {gib(memory.process_bytes)} and torchrun's agent"
             if memory.processes > 1 else f"one process of {gib(memory.process_bytes)} and torchrun's agent")
-    micro = memory.largest_micro_batch(limit)
+    refused = (f"this run needs about {gib(memory.host_bytes)} of memory on each host ({need}), more than the "
+               f"memory limit of {gib(limit)} ({limit_text})")
     # What the host needs before any model: its torch processes (the library, the corpus) and the agent.
     floor = memory.processes * (memory.parts["torch"] + memory.parts["corpus"]) + LAUNCHER_BYTES
     if limit <= floor:
-        raise ConfigError(f"this run needs about {gib(memory.host_bytes)} of memory on each host ({need}), more than "
-                          f"the memory limit of {gib(limit)} ({limit_text}), which is below the "
-                          f"{gib(floor)} its trainers take before any model (each torch process "
-                          f"{gib(memory.parts['torch'])} with the corpus, and torchrun's agent): raise the limit "
-                          f"above {gib(memory.host_bytes)}"
+        raise ConfigError(f"{refused}, which is below the {gib(floor)} its trainers take before any model (each "
+                          f"torch process {gib(memory.parts['torch'])} with the corpus, and torchrun's agent): "
+                          f"raise the limit above {gib(memory.host_bytes)}"
                           + ("; or run fewer processes per host" if memory.processes > 1 else ""))
+    micro = memory.largest_micro_batch(limit)
     fixes = []
     if micro:
         fixes.append(f"set micro_batch_size={micro} or lower (a micro-batch of {memory.micro_batch} sequences "
@@ -154,8 +154,7 @@ def check_fits(memory: MemoryEstimate, limit: int, limit_text: str, config: Trai
     if memory.processes > 1:
         fixes.append("run fewer processes per host")
     fixes.append(f"give each host more than {gib(memory.host_bytes)}")
-    raise ConfigError(f"this run needs about {gib(memory.host_bytes)} of memory on each host ({need}), more "
-                      f"than the memory limit of {gib(limit)} ({limit_text}): {'; or '.join(fixes)}")
+    raise ConfigError(f"{refused}: {'; or '.join(fixes)}")
 
 
 def gib(size: int) -> str:

@@ -376,11 +376,11 @@ class Rollback:
                 record_divergence(self.run_dir, experiment_id(self.config, self.corpus.sha256), message)
             raise Diverged(message)
         self.target = target
-        fresh = None if state is not None else new_model(self.config, self.corpus.tokenizer.vocab_size)
-        self.model.load_state_dict(fresh.state_dict() if fresh is not None else state["model"])
-        if state is None:
+        if state is None:  # no checkpoint yet: the initial weights, an empty optimizer
+            self.model.load_state_dict(new_model(self.config, self.corpus.tokenizer.vocab_size).state_dict())
             self.optimizer.state.clear()
         else:
+            self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         resume_random_streams(state, self.config, self.env, self.generator, self.device)
         if self.env.is_main:
