@@ -55,6 +55,8 @@ train() {
     check_run "$@" || check_status=$?
     [ "$check_status" -eq 0 ] || exit "$check_status"
 
+    [ "$NODE_RANK" -eq 0 ] || wait_for_master
+
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
     echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $((NNODES * NPROC_PER_NODE)), up to $TORCHRUN_MAX_RESTARTS restart(s)"
     torchrun \
@@ -83,6 +85,21 @@ train() {
 check_run() {
     chargpt check "$@" --data "$TRAIN_DATA" --preset "$TRAIN_PRESET" --world-size "$((NNODES * NPROC_PER_NODE))" \
         --run-dir "$RUN_ROOT/$RUN_ID"
+}
+
+# A worker finds the master's rendezvous itself, trying every second, before torchrun does: torchrun's
+# store client backs off up to a minute between tries, so a master that comes back (its host rebooted)
+# would be joined up to that much later. It waits as long as torchrun would (TORCHRUN_JOIN_TIMEOUT_S).
+wait_for_master() {
+    chargpt wait-for "$MASTER_ADDR:$MASTER_PORT" --timeout "$TORCHRUN_JOIN_TIMEOUT_S" &
+    waiter_pid=$!
+    trap 'kill -TERM "$waiter_pid" 2>/dev/null || true
+          echo "entrypoint: stopped on request while waiting for the master; exiting $STOPPED_EXIT" >&2
+          exit "$STOPPED_EXIT"' TERM INT
+    wait_status=0
+    wait "$waiter_pid" || wait_status=$?
+    trap - TERM INT
+    [ "$wait_status" -eq 0 ] || exit "$wait_status"
 }
 
 # torchrun passes SIGTERM (docker stop, compose replacing the container) on to the trainers, which

@@ -1,4 +1,4 @@
-"""Command line: `chargpt train`, `chargpt check`, `chargpt sample` and `chargpt probe`."""
+"""Command line: `chargpt train`, `chargpt check`, `chargpt sample`, `chargpt probe` and `chargpt wait-for`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .config import PRESETS, ConfigError
 from .data import CorpusError
 from .divergence import EXIT_DIVERGED, Diverged
 from .faults import FaultInjectionError, refuse_check
-from .network import DistributedError
+from .network import DistributedError, wait_for_listener
 from .resume import ResumeError
 
 EXIT_BAD_INPUT = 2
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe_parser = commands.add_parser(
         "probe", help="network checks between hosts (the deployment runs them); JSON out")
     probe.add_commands(probe_parser)
+
+    wait_for = commands.add_parser(
+        "wait-for", help="wait until the master's rendezvous accepts connections (the image's entrypoint runs it)")
+    wait_for.add_argument("address", metavar="HOST:PORT")
+    wait_for.add_argument("--timeout", type=float, required=True, metavar="SECONDS")
     return parser
 
 
@@ -105,6 +110,20 @@ def check_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def wait_for_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    host, _, port = args.address.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"{args.address!r} is not HOST:PORT")
+    def log(text: str) -> None:
+        print(f"[chargpt] {text}", file=sys.stderr, flush=True)
+
+    if wait_for_listener(host, int(port), args.timeout, log):
+        return 0
+    print(f"chargpt: error: the master's rendezvous at {args.address} did not answer within {args.timeout:.0f} s",
+          file=sys.stderr, flush=True)
+    return 1
+
+
 def sample_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .sample import SampleError, generate_text
 
@@ -135,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_command(args)
         if args.command == "probe":
             return probe.run(args)
+        if args.command == "wait-for":
+            return wait_for_command(args, parser)
         return sample_command(args, parser)
     except (ConfigError, CorpusError, ResumeError, UnreadableCheckpoints, DistributedError,
             FaultInjectionError) as error:

@@ -7,6 +7,8 @@ import array
 import fcntl
 import socket
 import struct
+import time
+from typing import Callable
 
 SIOCGIFCONF = 0x8912
 _IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux
@@ -60,3 +62,40 @@ def pick_interface(master_addr: str) -> tuple[str, str]:
         raise DistributedError(f"the route to MASTER_ADDR {master_addr} uses source address {source}, "
                                "which no interface holds; set GLOO_SOCKET_IFNAME explicitly")
     return local[source], f"it routes to {address} (MASTER_ADDR={master_addr}) from {source}"
+
+
+def wait_for_listener(host: str, port: int, timeout_s: float, log: Callable[[str], None],
+                      interval_s: float = 1.0, report_every_s: float = 15.0) -> bool:
+    """Whether host:port accepted a TCP connection within timeout_s, tried every interval_s.
+
+    A worker asks this of the master's rendezvous before it starts torchrun: torchrun's own store
+    client backs off up to a minute between tries, so a master that comes back (its host rebooted)
+    would be found that much later. log says why it still waits, at the first failure and every
+    report_every_s."""
+    started = time.monotonic()
+    reported = None
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(interval_s * 2, 5.0)):
+                pass
+        except OSError as error:
+            waited = time.monotonic() - started
+            if waited >= timeout_s:
+                return False
+            if reported is None or waited - reported >= report_every_s:
+                log(f"waiting for the master's rendezvous at {host}:{port} ({waited:.0f} s of {timeout_s:.0f}): "
+                    f"{_describe(error)}")
+                reported = waited
+            time.sleep(interval_s)
+            continue
+        if reported is not None:
+            log(f"the master's rendezvous at {host}:{port} answers after {time.monotonic() - started:.0f} s")
+        return True
+
+
+def _describe(error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"its name does not resolve ({error.strerror})"
+    if isinstance(error, (socket.timeout, TimeoutError)):
+        return "no answer"
+    return error.strerror or str(error)

@@ -1,12 +1,16 @@
-"""Reading the torchrun environment and choosing the Gloo interface (no traffic is sent)."""
+"""Reading the torchrun environment, choosing the Gloo interface (no traffic is sent) and waiting for the
+master's rendezvous (over loopback)."""
 
 import shutil
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
 from chargpt.distributed import DistributedError, read_env
-from chargpt.network import local_ipv4_addresses, pick_interface
+from chargpt.network import local_ipv4_addresses, pick_interface, wait_for_listener
 
 
 def test_single_process_without_torchrun_variables():
@@ -60,3 +64,30 @@ def test_worker_uses_the_interface_of_the_route_to_the_master():
     assert name == expected
     assert "routes to 198.51.100.7" in reason
 
+
+
+def test_a_worker_finds_a_master_that_starts_listening_late():
+    """The master's rendezvous comes up 1.5 s after the worker started to wait: found within a try
+    (a second), with the reason for the wait said first."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        threading.Timer(1.5, server.listen).start()
+        lines: list[str] = []
+        started = time.monotonic()
+        assert wait_for_listener("127.0.0.1", port, timeout_s=10, log=lines.append, interval_s=0.2)
+        waited = time.monotonic() - started
+    assert 1.4 < waited < 2.5, waited
+    assert lines[0].startswith(f"waiting for the master's rendezvous at 127.0.0.1:{port} (0 s of 10): "), lines
+    assert lines[-1] == f"the master's rendezvous at 127.0.0.1:{port} answers after 2 s", lines
+
+
+def test_a_worker_gives_up_on_a_master_that_never_answers():
+    lines: list[str] = []
+    with socket.socket() as closed:  # bound, never listening: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        started = time.monotonic()
+        assert not wait_for_listener("127.0.0.1", port, timeout_s=1, log=lines.append, interval_s=0.2)
+    assert 1 <= time.monotonic() - started < 3
+    assert lines == [f"waiting for the master's rendezvous at 127.0.0.1:{port} (0 s of 1): Connection refused"]

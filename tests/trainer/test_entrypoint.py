@@ -210,3 +210,45 @@ def test_a_stop_kills_torchrun_only_when_it_runs_no_trainer(fake_bin, child):
     assert time.monotonic() - started < 5
     assert "torchrun runs no trainer 2 s after SIGTERM (it waits for its group): killing it" in stderr
     assert process.returncode == 143, stderr
+
+
+def test_a_worker_waits_for_the_master_s_rendezvous_before_torchrun(fake_bin):
+    result = entrypoint(fake_bin, NNODES="2", NODE_RANK="1", MASTER_ADDR="trainer-master", MASTER_PORT="29511",
+                        TORCHRUN_JOIN_TIMEOUT_S="90")
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.splitlines()
+    waits = [index for index, word in enumerate(words) if word == "wait-for"]
+    assert len(waits) == 1 and words[waits[0]:waits[0] + 4] == ["wait-for", "trainer-master:29511", "--timeout", "90"]
+    assert waits[0] < words.index("torchrun")
+
+
+def test_the_master_starts_torchrun_without_waiting(fake_bin):
+    result = entrypoint(fake_bin, NNODES="2", NODE_RANK="0")
+    assert result.returncode == 0, result.stderr
+    assert "wait-for" not in result.stdout.splitlines()
+
+
+def test_a_worker_that_never_reaches_the_master_fails_without_torchrun(fake_bin):
+    (fake_bin / "chargpt").write_text('#!/bin/sh\n[ "$1" = wait-for ] && exit 1\nexit 0\n')
+    result = entrypoint(fake_bin, NNODES="2", NODE_RANK="1")
+    assert result.returncode == 1, result.stderr
+    assert not (fake_bin / "torchrun.env").exists()
+
+
+def test_a_stop_while_a_worker_waits_for_the_master_ends_at_once(fake_bin):
+    (fake_bin / "chargpt").write_text('#!/bin/sh\n[ "$1" = wait-for ] && { echo > "$0.waiting"; exec sleep 30; }\n'
+                                      'exit 0\n')
+    environ = {"PATH": f"{fake_bin}:{os.environ['PATH']}", **IMAGE_DEFAULTS, "NNODES": "2", "NODE_RANK": "1"}
+    process = subprocess.Popen(["sh", str(ENTRYPOINT)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not (fake_bin / "chargpt.waiting").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=5)
+    assert time.monotonic() - started < 2
+    assert process.returncode == 143, stderr
+    assert "entrypoint: stopped on request while waiting for the master; exiting 143" in stderr
+    assert not (fake_bin / "torchrun.env").exists()
