@@ -76,8 +76,8 @@ STEP_LINE = re.compile(r"^(\S+) \[chargpt\] step (\d+)/\d+ ")
 FIRST_WINDOW_STEP = 20
 WINDOWS = 10
 LOG_INTERVAL = 10
-# The role's own image tasks on the control node, as site.yml's first run does them, and the archive
-# the first manager is sent (image.yml saves it only for a host that lacks the image).
+# The trainer_image role's own tasks on the control node, as site.yml's first run does them, and the
+# archive the first manager is sent (ship.yml saves it only for a host that lacks the image).
 WARM_UP = """---
 - name: Build and save the trainer image on the control node
   hosts: localhost
@@ -89,8 +89,7 @@ WARM_UP = """---
   tasks:
     - name: Build the image as site.yml does
       ansible.builtin.include_role:
-        name: trainer
-        tasks_from: image.yml
+        name: trainer_image
         public: true
     - name: Save its archive as site.yml does
       community.docker.docker_image_export:

@@ -9,7 +9,8 @@ import pytest
 
 from harness import REPO
 
-_spec = importlib.util.spec_from_file_location("network_probe", REPO / "roles/trainer/filter_plugins/network_probe.py")
+_spec = importlib.util.spec_from_file_location("network_probe",
+                                               REPO / "roles/network_probe/filter_plugins/network_probe.py")
 network_probe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(network_probe)
 

@@ -153,7 +153,11 @@ def test_settings_under_their_old_names_are_refused(tmp_path):
     renamed = {"trainer_node_rank": "set cluster_node_rank instead",
                "trainer_nproc_per_node": "set cluster_nproc_per_node instead",
                "overlay_network_name": "set cluster_overlay_network instead",
-               "trainer_restart_max_retries": "the trainer's supervisor unit restarts it"}
+               "trainer_restart_max_retries": "the trainer's supervisor unit restarts it",
+               # Moved with the trainer role's jobs into roles of their own.
+               "trainer_base_image": "set trainer_image_base instead",
+               "trainer_registry_port": "set image_registry_port instead",
+               "trainer_probe_max_rtt_ms": "set network_probe_max_rtt_ms instead"}
     assert_stopped(preflight(tmp_path, host_vars={"node2": dict.fromkeys(renamed, 1)}),
                    *[f"{old} is no setting any more: {new}" for old, new in renamed.items()])
 
@@ -310,7 +314,6 @@ UNSAFE_TRAINER_NAMES = [
     ("trainer_run_id", "x;reboot", 'trainer_run_id is "x;reboot"'),
     ("trainer_supervisor_unit", "x.service; rm -rf /", 'trainer_supervisor_unit is "x.service; rm -rf /"'),
     ("trainer_overlay_anchor", "anchor;reboot", 'trainer_overlay_anchor is "anchor;reboot"'),
-    ("trainer_probe_container", "probe $HOME", 'trainer_probe_container is "probe $HOME"'),
     ("trainer_supervisor_docker_unit", "docker", 'trainer_supervisor_docker_unit is "docker"'),
     ("trainer_supervisor_docker_cli", "docker", 'trainer_supervisor_docker_cli is "docker"'),
     ("trainer_supervisor_script", "/usr/local/bin/x y", 'trainer_supervisor_script is "/usr/local/bin/x y"'),
@@ -319,7 +322,15 @@ UNSAFE_TRAINER_NAMES = [
 ]
 
 
-@pytest.mark.parametrize("cases", in_rounds(UNSAFE_CLUSTER_NAMES) + in_rounds(UNSAFE_TRAINER_NAMES), ids=round_id)
+# The network probe's, after the trainer's.
+UNSAFE_PROBE_NAMES = [
+    ("network_probe_container", "probe $HOME", 'network_probe_container is "probe $HOME"'),
+    ("network_probe_alias_prefix", "probe-;", 'network_probe_alias_prefix is "probe-;"'),
+]
+
+
+@pytest.mark.parametrize("cases", in_rounds(UNSAFE_CLUSTER_NAMES) + in_rounds(UNSAFE_TRAINER_NAMES)
+                         + in_rounds(UNSAFE_PROBE_NAMES), ids=round_id)
 def test_unsafe_names(tmp_path, cases):
     result = preflight(tmp_path, group_vars={name: value for name, value, _ in cases})
     assert_stopped(result, *[shown for _, _, shown in cases])

@@ -14,7 +14,8 @@ from harness.roles import role_task_names
 
 from .helpers import REPO, ansible_env, tool
 
-ROLES = ["cluster", "validate_inventory", "docker", "swarm", "overlay_network", "trainer", "run_logs"]
+ROLES = ["cluster", "validate_inventory", "docker", "swarm", "overlay_network", "trainer_image", "image_registry", "trainer",
+         "network_probe", "run_logs"]
 STAGES = ["docker", "swarm", "overlay_network", "trainer"]
 
 
@@ -74,7 +75,10 @@ def test_site_checks_before_it_changes_anything():
     tasks = preflight[0]["tasks"]
     gathers = [number for number, task in enumerate(tasks) if "ansible.builtin.setup" in task]
     assert preflight[0]["gather_facts"] is False and len(gathers) == 1, tasks
-    assert [task["ansible.builtin.import_role"]["tasks_from"] for task in tasks[:gathers[0]]] == ["validate"], tasks
+    # The settings of each role with its own, before any host is contacted.
+    assert [(task["ansible.builtin.import_role"]["name"], task["ansible.builtin.import_role"]["tasks_from"])
+            for task in tasks[:gathers[0]]] == [("trainer", "validate"), ("trainer_image", "validate"),
+                                                 ("network_probe", "validate")], tasks
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -87,7 +91,8 @@ def test_teardown_checks_the_inventory_first():
     assert first["roles"] == [{"role": "validate_inventory"}] and first["any_errors_fatal"]
 
 
-@pytest.mark.parametrize("role", ["validate_inventory", "swarm", "overlay_network", "trainer", "run_logs"])
+@pytest.mark.parametrize("role", ["validate_inventory", "swarm", "overlay_network", "trainer_image", "image_registry",
+                                  "trainer", "network_probe", "run_logs"])
 def test_roles_read_the_layout_from_the_cluster_role(role):
     meta = yaml.safe_load((REPO / "roles" / role / "meta" / "main.yml").read_text())
     assert {"role": "cluster"} in meta["dependencies"]
@@ -208,12 +213,13 @@ def listed_tasks(*args: str) -> list[str]:
 
 
 def test_the_network_probe_is_on_by_default_and_skipped_by_its_tag():
-    names = role_task_names("trainer", "probe.yml")
+    names = role_task_names("network_probe", "main.yml")
     everything, skipped = listed_tasks(), listed_tasks("--skip-tags", "network_probe")
 
     def probe_tasks(lines):
-        return [line for line in lines if line.split("\t")[0] in names]
-    assert len(probe_tasks(everything)) == len(names), f"probe tasks that site.yml runs: {probe_tasks(everything)}"
+        return [line for line in lines if "network_probe" in line.split("TAGS: [", 1)[1].rstrip("]").split(", ")]
+    assert set(names) <= {line.split("\t")[0] for line in probe_tasks(everything)}, (
+        f"probe tasks that site.yml runs: {probe_tasks(everything)}")
     assert probe_tasks(skipped) == [], "--skip-tags network_probe still runs them"
     assert [line for line in everything if line not in probe_tasks(everything)] == skipped, "it skipped more"
 

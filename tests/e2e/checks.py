@@ -185,8 +185,8 @@ def check_image_registry(cluster: Cluster) -> None:
     CA, holds the client key (0600), and is served only with the client certificate."""
     manager = cluster.first_manager
     address = cluster.sh(manager, "docker info -f '{{.Swarm.NodeAddr}}'").strip()
-    registry = f"{address}:{role_default('trainer', 'trainer_registry_port')}"
-    service = cluster.host(manager).service(role_default("trainer", "trainer_registry_service"))
+    registry = f"{address}:{role_default('image_registry', 'image_registry_port')}"
+    service = cluster.host(manager).service(role_default("image_registry", "image_registry_service"))
     assert service.is_running and service.is_enabled, f"{manager}: the registry is not running and enabled"
     listening = cluster.host(manager).socket(f"tcp://{registry}")
     assert listening.is_listening, f"{manager}: nothing listens on {registry}"

@@ -14,7 +14,7 @@ from .fault_lab import run_vars
 def test_the_probe_measures_every_pair_and_stops_a_deployment_below_its_limits(fault_lab):
     run_id = f"faults-probe-limits-{fault_lab.session_tag}"
     # Replacing a run that may still train (after a failed case) happens only after the probe passed.
-    limits = {"trainer_probe_max_rtt_ms": 0.0001, "trainer_probe_min_bus_bandwidth_mb_s": 1e9,
+    limits = {"network_probe_max_rtt_ms": 0.0001, "network_probe_min_bus_bandwidth_mb_s": 1e9,
               "trainer_replace_running": True}
     playbook = fault_lab.lab.playbook("site.yml", "--tags", "trainer", "-e",
                                       json.dumps({**run_vars(run_id, {"max_steps": 20}), **limits}),

@@ -63,7 +63,7 @@ def test_an_external_registry_serves_the_image_and_a_finished_run_goes_on(lab, a
     cluster = Cluster(lab.inventory)
     first, second = cluster.names[:2]
     name, tag = cluster.rank0_container().raw["Config"]["Image"].rsplit(":", 1)
-    port = cluster.setting(first, "trainer", "trainer_registry_port")
+    port = cluster.setting(first, "image_registry", "image_registry_port")
     registry = f"{cluster.sh(first, 'docker info --format %s', '{{.Swarm.NodeAddr}}').strip()}:{port}"
     external = f"{registry}/{name}:{tag}"
     cluster.sh(second, "docker rmi -f %s %s", f"{name}:{tag}", external)

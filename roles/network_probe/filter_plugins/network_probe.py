@@ -1,4 +1,4 @@
-"""Filters of the network probe (tasks/probe.yml): its table, and the figures past their limits,
+"""Filters of the network probe (tasks/main.yml): its table, and the figures past their limits,
 each naming the hosts it concerns."""
 
 from __future__ import annotations
