@@ -1,5 +1,5 @@
 """`chargpt probe`: the network checks the deployment runs between the hosts before training, in
-containers of the trainer image on the overlay (roles/trainer/tasks/probe.yml).
+containers of the trainer image on the overlay (roles/network_probe/tasks/main.yml).
 
 - `serve`: a UDP echo server that every other host's `peers` talks to.
 - `peers`: to each peer, the round-trip time of small datagrams, and whether a datagram of the

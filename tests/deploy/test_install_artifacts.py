@@ -1,4 +1,4 @@
-"""The trainer role's artifact installer (roles/trainer/files/install_artifacts.py): the fetched
+"""The run_artifacts role's artifact installer (roles/run_artifacts/files/install_artifacts.py): the fetched
 files replace artifacts/<run id>/ whole, an earlier run's files are moved aside, never mixed."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 from .helpers import REPO
 
-SCRIPT = REPO / "roles" / "trainer" / "files" / "install_artifacts.py"
+SCRIPT = REPO / "roles" / "run_artifacts" / "files" / "install_artifacts.py"
 FILES = ["model.pt", "summary.json"]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from harness import REPO
 
-_spec = importlib.util.spec_from_file_location("run_status", REPO / "roles/trainer/filter_plugins/run_status.py")
+_spec = importlib.util.spec_from_file_location("run_status", REPO / "roles/run_status/filter_plugins/run_status.py")
 run_status = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_status)
 

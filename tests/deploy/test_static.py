@@ -15,7 +15,7 @@ from harness.roles import role_task_names
 from .helpers import REPO, ansible_env, tool
 
 ROLES = ["cluster", "validate_inventory", "docker", "swarm", "overlay_network", "trainer_image", "image_registry", "trainer",
-         "network_probe", "run_logs"]
+         "network_probe", "run_artifacts", "run_status", "run_logs"]
 STAGES = ["docker", "swarm", "overlay_network", "trainer"]
 
 
@@ -92,7 +92,7 @@ def test_teardown_checks_the_inventory_first():
 
 
 @pytest.mark.parametrize("role", ["validate_inventory", "swarm", "overlay_network", "trainer_image", "image_registry",
-                                  "trainer", "network_probe", "run_logs"])
+                                  "trainer", "network_probe", "run_artifacts", "run_status", "run_logs"])
 def test_roles_read_the_layout_from_the_cluster_role(role):
     meta = yaml.safe_load((REPO / "roles" / role / "meta" / "main.yml").read_text())
     assert {"role": "cluster"} in meta["dependencies"]

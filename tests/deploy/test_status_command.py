@@ -36,7 +36,7 @@ if "state" in round_:
               "unread_hosts": round_.get("unread_hosts", []),
               "lines": [f"run st-1: {{round_['state']}}", "host    rank  container", "node-1  0     running"],
               "rows": []}}
-    Path(extra[-1]["trainer_status_file"]).write_text(json.dumps(record))
+    Path(extra[-1]["run_status_file"]).write_text(json.dumps(record))
 else:
     print("fatal: [node-1]: UNREACHABLE! => ssh: connect to host node-1 port 22: Connection refused")
 sys.exit(round_["rc"])
@@ -80,12 +80,12 @@ def test_a_host_not_read_leaves_a_running_state_unsure(fake_playbook, state, cod
 
 
 def test_every_other_argument_reaches_the_status_playbook_in_order(fake_playbook):
-    fake_playbook([{"state": "training", "rc": 0}], "-i", "inventory/mine", "-e", "trainer_status_run_id=st-1",
+    fake_playbook([{"state": "training", "rc": 0}], "-i", "inventory/mine", "-e", "run_status_run_id=st-1",
                   "--limit", "node-1", "--check")
     [argv] = fake_playbook.calls()
     assert argv[:8] == [str(REPO / "playbooks" / "status.yml"), "-i", "inventory/mine", "-e",
-                        "trainer_status_run_id=st-1", "--limit", "node-1", "--check"]
-    assert argv[8] == "-e" and list(json.loads(argv[9])) == ["trainer_status_file"] and len(argv) == 10
+                        "run_status_run_id=st-1", "--limit", "node-1", "--check"]
+    assert argv[8] == "-e" and list(json.loads(argv[9])) == ["run_status_file"] and len(argv) == 10
 
 
 def test_follow_repeats_until_the_run_finished(fake_playbook):

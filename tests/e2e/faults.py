@@ -32,7 +32,7 @@ CHECKPOINT_LINE = re.compile(r"\[chargpt\] checkpoint ckpt-(\d+)\.pt written")
 LOSS_LINE = re.compile(r"\[chargpt\] step (\d+)/\d+ \| loss ([0-9.]+) \|")
 # Run by a lab host's python3: damages the newest file of a folder that matches a pattern.
 DAMAGE_SCRIPT = Path(damage.__file__).read_text()
-# What a host snapshot covers besides the trainer role's folder (trainer_base_dir, with the run
+# What a host snapshot covers besides the trainer role's folder (cluster_base_dir, with the run
 # directories): the units and Docker's configuration that the roles write.
 SNAPSHOT_SYSTEM_PATHS = "/etc/systemd/system /etc/docker"
 
@@ -231,7 +231,7 @@ def snapshot_host(host: str) -> dict:
     """Everything a failed deployment must leave alone on a host: the files under the roles' folders
     (path, type, size, mtime; content hashes of the regular files) and every container with its ID,
     start time, restart count and status."""
-    paths = f"{role_default('trainer', 'trainer_base_dir')} {SNAPSHOT_SYSTEM_PATHS}"
+    paths = f"{role_default('cluster', 'cluster_base_dir')} {SNAPSHOT_SYSTEM_PATHS}"
     files = on_host(host, "sh", "-c",
                     f"find {paths} -xdev -printf '%p %y %s %T@\\n' 2>/dev/null | sort; "
                     f"find {paths} -xdev -type f -size -2M -exec sha256sum {{}} + 2>/dev/null | sort",

@@ -22,7 +22,7 @@ DIVERGED_EXIT = 4
 
 
 def run_dir_on_hosts(run_id: str) -> str:
-    return f"{role_default('trainer', 'trainer_base_dir')}/runs/{run_id}"
+    return f"{role_default('cluster', 'cluster_base_dir')}/runs/{run_id}"
 
 
 def sha256_on_host(host: str, path: str) -> str:

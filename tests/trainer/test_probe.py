@@ -1,6 +1,6 @@
 """`chargpt probe` over loopback: echo round trips, full-MTU datagrams, the interface choice, and a
 real two-rank Gloo all-reduce. The processes run the command lines the deployment runs
-(roles/trainer/tasks/probe.yml), which a test reads to keep the two alike."""
+(roles/network_probe/tasks/main.yml), which a test reads to keep the two alike."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 from chargpt import probe
 from conftest import REPO_ROOT, chargpt_command, child_env, free_port
 
-PROBE_TASKS = REPO_ROOT / "roles" / "trainer" / "tasks" / "probe.yml"
+PROBE_TASKS = REPO_ROOT / "roles" / "network_probe" / "tasks" / "main.yml"
 # `chargpt probe allreduce` as the role runs it: these options, and the environment below.
 ALLREDUCE_OPTIONS = {"--bytes": "400000", "--iterations": "3", "--timeout": "60"}
 
