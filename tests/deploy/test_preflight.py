@@ -308,6 +308,7 @@ UNSAFE_CLUSTER_NAMES = [
     ("cluster_overlay_network", "net work", 'cluster_overlay_network is "net work"'),
     ("cluster_overlay_network", "-net", 'cluster_overlay_network is "-net"'),
     ("cluster_supervisor_unit", "x.service; rm -rf /", 'cluster_supervisor_unit is "x.service; rm -rf /"'),
+    ("cluster_overlay_anchor", "anchor;reboot", 'cluster_overlay_anchor is "anchor;reboot"'),
     ("cluster_runs_dir", "/srv/../etc", 'cluster_runs_dir is "/srv/../etc"'),
     ("cluster_base_dir", "srv/chargpt", 'cluster_base_dir is "srv/chargpt"'),
 ]
@@ -315,7 +316,6 @@ UNSAFE_TRAINER_NAMES = [
     ("trainer_run_id", "../escape", 'trainer_run_id is "../escape"'),
     ("trainer_run_id", "a b", 'trainer_run_id is "a b"'),
     ("trainer_run_id", "x;reboot", 'trainer_run_id is "x;reboot"'),
-    ("trainer_overlay_anchor", "anchor;reboot", 'trainer_overlay_anchor is "anchor;reboot"'),
     ("trainer_supervisor_docker_unit", "docker", 'trainer_supervisor_docker_unit is "docker"'),
     ("trainer_supervisor_docker_cli", "docker", 'trainer_supervisor_docker_cli is "docker"'),
     ("trainer_supervisor_script", "/usr/local/bin/x y", 'trainer_supervisor_script is "/usr/local/bin/x y"'),
