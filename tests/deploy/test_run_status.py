@@ -69,3 +69,11 @@ def test_table_ends_with_each_failed_hosts_error_line():
     lines = run_status.status_table([row("node2", 1, container="exited", exit_code=2, supervisor="inactive",
                                          step=None, error="chargpt: error: bad corpus"), row("node1", 0)])
     assert len(lines) == 4 and lines[-1] == "node2: chargpt: error: bad corpus"
+
+
+def test_the_failure_message_names_each_failed_host_with_its_error_line():
+    rows = [row("node2", 1, container="exited", exit_code=137), row("node3", 2),
+            row(container="exited", exit_code=2, error="chargpt: error: batch_size=4 is too small")]
+    assert run_status.failure_message(rows, "r1") == (
+        "run r1 failed: node1 (exited, exit code 2): chargpt: error: batch_size=4 is too small; "
+        "node2 (exited, exit code 137): no error line in its log")

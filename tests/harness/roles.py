@@ -36,9 +36,10 @@ def role_defaults(role: str) -> dict:
 
 def role_task_names(role: str, tasks_file: str) -> list[str]:
     """The tasks of roles/<role>/tasks/<tasks_file> as ansible-playbook names them ("role : name"),
-    the tasks inside a block in place of the block."""
+    the tasks inside a block in place of the block; an import of another file is no task of its own."""
     entries = yaml.safe_load((ROLES_DIR / role / "tasks" / tasks_file).read_text())
-    return [f"{role} : {task['name']}" for entry in entries for task in entry.get("block", [entry])]
+    return [f"{role} : {task['name']}" for entry in entries for task in entry.get("block", [entry])
+            if "ansible.builtin.import_tasks" not in task]
 
 
 def role_default(role: str, name: str):

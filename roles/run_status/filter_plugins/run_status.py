@@ -94,6 +94,16 @@ def status_table(rows: list[dict]) -> list[str]:
                     if row.get("error")]
 
 
+def failure_message(rows: list[dict], run_id: str) -> str:
+    """Why the run failed, host by host: each host whose trainer has an error line or exited non-zero."""
+    failed = [f"{row['host']} ({row['container']}, exit code {row['exit_code']}): "
+              f"{row.get('error') or 'no error line in its log'}"
+              for row in sorted(rows, key=lambda row: int(row["node_rank"]))
+              if row.get("error") or row["exit_code"] not in (None, 0)]
+    return f"run {run_id} failed: " + "; ".join(failed)
+
+
 class FilterModule:
     def filters(self):
-        return {"chargpt_run_state": run_state, "chargpt_status_table": status_table}
+        return {"chargpt_run_state": run_state, "chargpt_status_table": status_table,
+                "chargpt_failure_message": failure_message}
