@@ -109,8 +109,10 @@ class FaultLab:
               settings: dict | None = None, every_stage: bool = False) -> FaultRun:
         """Start a fresh run (on the lab's inventory, or another one of its hosts): its id carries the
         session's tag, so that a kept lab never holds it finished. every_stage: site.yml provisions
-        the hosts too, in the same run."""
+        the hosts too, in the same run. A run that a failed case before left training is replaced:
+        one failure must not fail every case after it."""
         run_id = f"{name}-{self.session_tag}"
+        settings = {"trainer_replace_running": True, **(settings or {})}
         start_run(self.lab, run_vars(run_id, overrides, environment=environment, settings=settings),
                   log_name=f"faults-{'provision-and-start' if every_stage else 'start'}-{name}", inventory=inventory,
                   every_stage=every_stage)
