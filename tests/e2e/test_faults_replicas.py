@@ -118,9 +118,9 @@ def test_hosts_added_and_removed_lose_no_step(fault_lab, tmp_path):
                              log_name="faults-site-add-host")
         assert_succeeded(added)
         # The image reached the new host from the cluster's registry, over mutual TLS.
-        assert f"trainer : Pull the image from the registry: {joining}" in added.changed_tasks(), (
+        assert f"trainer_image : Pull the image from the registry: {joining}" in added.changed_tasks(), (
             f"{joining} did not pull the image from the cluster's registry (log {added.log})")
-        assert "trainer : Wait until the registry answers over mutual TLS" in added.ran_tasks(), added.log
+        assert "image_registry : Wait until the registry answers over mutual TLS" in added.ran_tasks(), added.log
         resumed = assert_no_step_lost(run, world_size=3)
         result.details.update(added_at_step=resumed, add_recovery_s=first_step_after(run, resumed, started))
         received = on_host(joining, "docker", "logs", joining_container, check=False)
