@@ -1,6 +1,6 @@
 """`chargpt probe` over loopback: echo round trips, full-MTU datagrams, the interface choice, and a
 real two-rank Gloo all-reduce. The processes run the command lines the deployment runs
-(roles/network_probe/tasks/main.yml), which a test reads to keep the two alike."""
+(roles/network_probe/tasks/), which a test reads to keep the two alike."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 from chargpt import probe
 from conftest import REPO_ROOT, chargpt_command, child_env, free_port
 
-PROBE_TASKS = REPO_ROOT / "roles" / "network_probe" / "tasks" / "main.yml"
+PROBE_TASKS = sorted((REPO_ROOT / "roles" / "network_probe" / "tasks").glob("*.yml"))
 # `chargpt probe allreduce` as the role runs it: these options, and the environment below.
 ALLREDUCE_OPTIONS = {"--bytes": "400000", "--iterations": "3", "--timeout": "60"}
 
@@ -162,7 +162,7 @@ def chargpt_command_lines(node) -> list[list[str]]:
 def test_the_role_runs_every_probe_command_through_the_cli():
     known = cli_probe_commands()
     used = set()
-    for line in chargpt_command_lines(yaml.safe_load(PROBE_TASKS.read_text())):
+    for line in chargpt_command_lines([yaml.safe_load(path.read_text()) for path in PROBE_TASKS]):
         start = line.index("python") if "python" in line else 0
         program, arguments = line[start:start + 4], line[start + 4:]
         assert program == ["python", "-m", "chargpt", "probe"] and arguments and arguments[0] in known, line
