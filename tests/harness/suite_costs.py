@@ -48,7 +48,8 @@ PARTS = (
     Part("Ansible, without hosts", ("tests/deploy/",),
          "yamllint, ansible-lint, syntax and argument specs; the preflight's refusals (every bad inventory, "
          "setting and corpus, with its message); the compose, firewall and supervisor templates rendered; "
-         "the cluster role's layout against the inventory; the network probe's table and limits; the status "
+         "the cluster role's layout against the inventory; the network probe's table and limits; the image tag; "
+         "the shared run rules (error line, finished) and the script that reads a host's trainer; the status "
          "table and bin/chargpt-status; bin/chargpt-logs (merge, filters, unread hosts) and bin/chargpt-stop; the "
          "harness's recap parser"),
     Part("End to end, without a lab", ("tests/e2e/test_checks.py", "tests/e2e/test_fault_records.py",
