@@ -109,7 +109,7 @@ def choose_device(preference: str, env: DistEnv) -> torch.device:
 
 def init_process_group(env: DistEnv, device: torch.device, timeout_s: float, log) -> None:
     """Join the process group: NCCL on CUDA, Gloo on CPU. A single process needs none, and says so:
-    the deployment's start wait reads this line as "joined" (roles/trainer/tasks/started_round.yml)."""
+    the deployment's start wait reads this line as "joined" (roles/cluster/files/read_trainer.py)."""
     if not env.is_distributed:
         log("process group: backend=none world_size=1 (a single process needs none)")
         return

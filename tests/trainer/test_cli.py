@@ -24,7 +24,7 @@ def finished_run(corpus_path, tmp_path_factory):
     assert "sample (200 characters)" in result.stdout
     assert "[chargpt] step 1/80 | loss " in result.stdout  # the first step of every start is logged
     # A single process joins no group, but says so as every rank of a group does: the deployment's
-    # start wait (roles/trainer/tasks/started_round.yml) waits for this line on every host.
+    # start wait (roles/cluster/files/read_trainer.py) waits for this line on every host.
     assert "[chargpt] process group: backend=none world_size=1" in result.stdout
     assert (run_dir / "sample.txt").read_text() in result.stdout
     return run_dir
