@@ -114,6 +114,7 @@ def wait_for_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     host, _, port = args.address.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"{args.address!r} is not HOST:PORT")
+
     def log(text: str) -> None:
         print(f"[chargpt] {text}", file=sys.stderr, flush=True)
 
