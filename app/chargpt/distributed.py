@@ -88,14 +88,22 @@ def peer_failure(error: BaseException, rank: int, timeout_s: float) -> PeerFailu
     return PeerFailure(f"rank {rank}: {what}. Exiting so that torchrun restarts the group.")
 
 
-def configure_gloo_interface(env: DistEnv, log) -> None:
-    """Fill in GLOO_SOCKET_IFNAME when it is unset or 'auto'."""
-    if os.environ.get("GLOO_SOCKET_IFNAME", "auto") not in ("", "auto"):
-        log(f"GLOO_SOCKET_IFNAME={os.environ['GLOO_SOCKET_IFNAME']} (set by the environment)")
-        return
-    name, reason = pick_interface(env.master_addr)
-    os.environ["GLOO_SOCKET_IFNAME"] = name
-    log(f"GLOO_SOCKET_IFNAME=auto: using interface {name}: {reason}")
+def configure_socket_interfaces(env: DistEnv, log, environ=os.environ) -> None:
+    """Fill in GLOO_SOCKET_IFNAME when it is unset or 'auto' with the interface that reaches the
+    master, and NCCL_SOCKET_IFNAME (NCCL's bootstrap and socket transport) with the same one unless
+    it is set: on the host network a host has several interfaces, and the default route's may not
+    be the one toward the other hosts."""
+    if environ.get("GLOO_SOCKET_IFNAME", "auto") not in ("", "auto"):
+        log(f"GLOO_SOCKET_IFNAME={environ['GLOO_SOCKET_IFNAME']} (set by the environment)")
+    else:
+        name, reason = pick_interface(env.master_addr)
+        environ["GLOO_SOCKET_IFNAME"] = name
+        log(f"GLOO_SOCKET_IFNAME=auto: using interface {name}: {reason}")
+    if environ.get("NCCL_SOCKET_IFNAME", ""):
+        log(f"NCCL_SOCKET_IFNAME={environ['NCCL_SOCKET_IFNAME']} (set by the environment)")
+    else:
+        environ["NCCL_SOCKET_IFNAME"] = environ["GLOO_SOCKET_IFNAME"]
+        log(f"NCCL_SOCKET_IFNAME={environ['NCCL_SOCKET_IFNAME']} (the Gloo interface)")
 
 
 def choose_device(preference: str, env: DistEnv) -> torch.device:
@@ -114,8 +122,7 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float, log
         log("process group: backend=none world_size=1 (a single process needs none)")
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if backend == "gloo":
-        configure_gloo_interface(env, log)
+    configure_socket_interfaces(env, log)
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s),
                             device_id=device if backend == "nccl" else None)
     log(f"process group: backend={backend} world_size={env.world_size} "

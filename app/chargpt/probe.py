@@ -161,10 +161,10 @@ def allreduce(nbytes: int, iterations: int, timeout_s: float) -> dict | None:
     import torch
     import torch.distributed as dist
 
-    from .distributed import configure_gloo_interface, read_env
+    from .distributed import configure_socket_interfaces, read_env
 
     env = read_env()
-    configure_gloo_interface(env, log=lambda message: None)
+    configure_socket_interfaces(env, log=lambda message: None)
     dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
     try:
         tensor = torch.ones(max(1, nbytes // 4), dtype=torch.float32)

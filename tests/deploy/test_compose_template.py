@@ -133,7 +133,7 @@ def test_torch_compile_and_resource_limits(tmp_path):
 
 def test_settings_reach_every_host(tmp_path):
     files = render(tmp_path, ["node1"], ["node2", "node3"], group_vars={
-        "cluster_nproc_per_node": 2, "trainer_master_port": 29600, "trainer_preset": "smoke",
+        "cluster_nproc_per_node": 2, "cluster_master_port": 29600, "trainer_preset": "smoke",
         "trainer_run_id": "run-7", "trainer_overrides": {"max_steps": 100, "lr": 0.001, "compile": True},
         "trainer_gpus": "all", "trainer_allow_config_change": ["max_steps", "lr"], "trainer_torchrun_max_restarts": 2,
         "trainer_memory_limit": "2g", "cluster_overlay_network": "other-net", "trainer_torchrun_join_timeout_s": 90,
@@ -207,3 +207,35 @@ def test_environment_values_stay_out_of_the_diff(tmp_path):
         result = run_playbook("tests/deploy/render_compose.yml", inventory, "--diff", "-v")
         assert result.returncode == 0 and result.changed_hosts(), output(result)
         assert not [value for value in secrets if value in output(result)], output(result)
+
+
+def test_host_network_maps_the_same_names_to_the_hosts_addresses(tmp_path):
+    """cluster_network host: no overlay, the host's network, and every trainer's /etc/hosts maps
+    MASTER_ADDR and each node's NODE_ADDR (which sort in rank order) to the hosts' addresses; the
+    devices it is given, with unlimited locked memory for RDMA. Only the node's own values differ."""
+    names = [f"node{i}" for i in range(1, 12)]
+    addresses = {name: f"10.0.{i // 10}.{i % 10 + 1}" for i, name in enumerate(names)}
+    files = render(tmp_path, names[:1], names[1:], group_vars={"cluster_network": "host",
+                                                              "trainer_devices": ["/dev/infiniband"]},
+                   host_vars={name: {"ansible_host": address} for name, address in addresses.items()})
+    expected_hosts = sorted([f"chargpt-master:{addresses['node1']}"]
+                            + [f"chargpt-node-{rank:05d}:{addresses[name]}" for rank, name in enumerate(names)])
+    for rank, name in enumerate(names):
+        compose = files[name]
+        service = compose["services"]["trainer"]
+        assert "networks" not in compose and "networks" not in service
+        assert service["network_mode"] == "host"
+        assert sorted(service["extra_hosts"]) == expected_hosts
+        env = service["environment"]
+        assert (env["MASTER_ADDR"], env["NODE_ADDR"]) == ("chargpt-master", f"chargpt-node-{rank:05d}")
+        assert service["devices"] == ["/dev/infiniband:/dev/infiniband"]
+        assert service["ulimits"] == {"memlock": -1}
+    plain = {key: value for key, value in files["node2"]["services"]["trainer"].items() if key != "environment"}
+    for name in names[2:]:
+        other = {key: value for key, value in files[name]["services"]["trainer"].items() if key != "environment"}
+        other["container_name"], other["labels"] = plain["container_name"], plain["labels"]
+        assert other == plain, name
+    # The overlay's compose file names neither.
+    (tmp_path / "overlay").mkdir()
+    overlay = render(tmp_path / "overlay", names[:1], names[1:2])["node1"]["services"]["trainer"]
+    assert {"network_mode", "extra_hosts", "devices", "ulimits"}.isdisjoint(overlay)

@@ -36,7 +36,9 @@ HEALTHY = {
 
 def test_table_has_a_row_per_host_pair_with_figures_and_a_row_per_host():
     lines = network_probe.probe_table(HEALTHY)
-    assert lines[0] == "network probe before run r1: 2 hosts"
+    assert lines[0] == "network probe before run r1: 2 hosts, over the overlay"
+    assert network_probe.probe_table(dict(HEALTHY, network="host"))[0] == (
+        "network probe before run r1: 2 hosts, over the hosts' own network")
     assert lines[1].split()[:4] == ["from", "to", "rtt", "ms"]
     assert lines[2].split() == ["node1", "node2", "0.210", "0.420", "0", "1450", "ok"]
     assert lines[3].split() == ["node2", "node1", "0.350", "0.700", "0", "1450", "ok"]

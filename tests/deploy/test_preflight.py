@@ -53,7 +53,7 @@ def test_a_good_inventory_passes(tmp_path):
     the smoke preset's global batch of 12 splits unevenly (3, 3, 2, 2 and 2); numbers and booleans
     written as strings, which the argument specs convert; an explicit Gloo interface that exists;
     extra environment the trainer does not own; a corpus reached through a symlink; the firewall with
-    addresses that fit; node2's clock 1 s ahead of a control node whose time zone is 5.5 h ahead of
+    addresses that fit; the host network with a device that every host has; node2's clock 1 s ahead of a control node whose time zone is 5.5 h ahead of
     UTC (both sides are seconds since the epoch; a POSIX TZ needs no time zone database)."""
     link = tmp_path / "input.txt"
     link.symlink_to(CORPUS)
@@ -63,7 +63,8 @@ def test_a_good_inventory_passes(tmp_path):
     group_vars = {"trainer_preset": "smoke", "trainer_corpus_path": str(link),
                   "trainer_environment": {"TRAIN_FAULT_CHECKPOINT_PAUSE": "100:30", "OMP_NUM_THREADS": 2},
                   "swarm_max_clock_skew_s": 30,
-                  "swarm_firewall": True, "swarm_firewall_extra_sources": ["10.0.0.0/24"]}
+                  "swarm_firewall": True, "swarm_firewall_extra_sources": ["10.0.0.0/24"],
+                  "cluster_network": "host", "trainer_devices": ["/dev/null"]}
     result = preflight(tmp_path, workers=["node2", "node3", "node4", "node5"], host_vars=host_vars,
                        group_vars=group_vars, env={"TZ": "IST-5:30"})
     assert result.returncode == 0, output(result)
@@ -112,7 +113,7 @@ def test_processes_per_node_out_of_range(tmp_path):
 
 
 OUT_OF_RANGE = [
-    ("trainer_master_port", 70000, "an integer from 1 to 65535"),
+    ("cluster_master_port", 70000, "an integer from 1 to 65535"),
     ("trainer_overrides", "max_steps=5", "a mapping"),
     ("trainer_gpus", "some", 'an integer of at least 0, or "all"'),
     ("trainer_torchrun_max_restarts", -1, "an integer of at least 0"),
@@ -126,6 +127,7 @@ OUT_OF_RANGE = [
     ("trainer_tmp_size", "lots", 'a size such as "512m"'),
     ("trainer_memory_limit", "8 gigs", 'a size such as "8g"'),
     ("trainer_cpu_shares", 1, "an integer from 2 to 262144, or 0 for the engine's default"),
+    ("trainer_devices", ["/etc/passwd"], "a list of device paths under /dev, such as [/dev/infiniband]"),
 ]
 
 
@@ -157,10 +159,24 @@ def test_settings_under_their_old_names_are_refused(tmp_path):
                # Moved with the trainer role's jobs into roles of their own.
                "trainer_base_image": "set trainer_image_base instead",
                "trainer_registry_port": "set image_registry_port instead",
-               "trainer_probe_max_rtt_ms": "set network_probe_max_rtt_ms instead"}
+               "trainer_probe_max_rtt_ms": "set network_probe_max_rtt_ms instead",
+               # Settings that the swarm's firewall and the probe read too: the cluster role's.
+               "trainer_network": "set cluster_network instead (overlay or host)",
+               "trainer_master_port": "set cluster_master_port instead"}
     assert_stopped(preflight(tmp_path, host_vars={"node2": dict.fromkeys(renamed, 1)}),
                    *[f"{old} is no setting any more: {new}" for old, new in renamed.items()])
 
+
+
+def test_a_network_that_is_neither_overlay_nor_host(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"cluster_network": "bridge"}),
+                   "cluster_network", "overlay, host", "bridge")
+
+
+def test_a_device_a_host_does_not_have(tmp_path):
+    assert_stopped(preflight(tmp_path, group_vars={"cluster_network": "host", "trainer_devices": ["/dev/infiniband-none"]}),
+                   "trainer_devices lists /dev/infiniband-none, which node1 does not have",
+                   "Install the device's driver on that host, or remove it from trainer_devices")
 
 
 def test_encrypted_overlay_without_kernel_support(tmp_path):
@@ -367,8 +383,8 @@ def test_firewall_with_a_host_left_out_of_the_run_and_no_address_for_it(tmp_path
     result = preflight(tmp_path, workers=["node2", "node3"], group_vars={"swarm_firewall": True},
                        args=("--limit", "node1,node2"))
     assert_stopped(result, "No swarm address is known for node3 (outside this run (--limit), so without facts, "
-                   "and swarm_firewall must let it in). Set swarm_advertise_addr, or an IPv4 ansible_host, for it in "
-                   "the inventory, or run without --limit.")
+                   "and swarm_firewall or the host network needs it). Set swarm_advertise_addr, or an IPv4 "
+                   "ansible_host, for it in the inventory, or run without --limit.")
 
 
 def test_firewall_with_a_host_left_out_of_the_run_and_its_address_in_the_inventory(tmp_path):

@@ -219,13 +219,37 @@ def check_trainers_run_as_non_root(cluster: Cluster) -> None:
     each_host(cluster, check)
 
 
-def check_trainers_publish_no_ports(cluster: Cluster) -> None:
+def check_trainers_use_their_network_and_publish_no_ports(cluster: Cluster) -> None:
+    """The network cluster_network names: the overlay (the trainer answers to its aliases there, the
+    master to MASTER_ADDR), or the host's own, where /etc/hosts gives MASTER_ADDR and every NODE_ADDR
+    the hosts' addresses (the rendezvous numbers nodes by NODE_ADDR). No port is published either way."""
+    master_addr = cluster.trainer_container(cluster.names[0]).env["MASTER_ADDR"]
+    node_addrs = {name: cluster.trainer_container(name).env["NODE_ADDR"] for name in cluster.names}
+    assert sorted(node_addrs.values()) == [node_addrs[name] for name in cluster.names], (
+        f"NODE_ADDR does not sort in node-rank order: {node_addrs}")
+
     def check(name):
         container = cluster.trainer_container(name)
         host_config = container.raw["HostConfig"]
         assert not host_config.get("PortBindings"), f"{container.name} publishes {host_config['PortBindings']}"
         assert not host_config.get("PublishAllPorts"), f"{container.name} publishes all ports"
-        assert host_config.get("NetworkMode") != "host", f"{container.name} uses the host's network"
+        if cluster.setting(name, "cluster", "cluster_network") == "host":
+            assert host_config.get("NetworkMode") == "host", (
+                f"{container.name} uses network {host_config.get('NetworkMode')!r}, not the host's")
+            # The container's /etc/hosts, read on its host: the trainer may have exited.
+            hosts_file = cluster.host(name).check_output("cat %s", container.raw["HostsPath"])
+            named = {(words[1], words[0]) for words in map(str.split, hosts_file.splitlines()) if len(words) >= 2}
+            for other in cluster.names:
+                hostvars = cluster.hostvars(other)
+                address = hostvars.get("swarm_advertise_addr") or hostvars["ansible_host"]
+                wanted = [node_addrs[other]] + ([master_addr] if other == cluster.names[0] else [])
+                for alias in wanted:
+                    assert (alias, address) in named, f"{container.name}'s /etc/hosts lacks {alias} {address}:\n{hosts_file}"
+        else:
+            assert host_config.get("NetworkMode") != "host", f"{container.name} uses the host's network"
+            aliases = container.raw["NetworkSettings"]["Networks"].get(cluster.overlay_network, {}).get("Aliases") or []
+            wanted = [node_addrs[name]] + ([master_addr] if name == cluster.names[0] else [])
+            assert set(wanted) <= set(aliases), f"{container.name} on {cluster.overlay_network} has aliases {aliases}"
     each_host(cluster, check)
 
 
@@ -346,9 +370,10 @@ def check_loss_falls(cluster: Cluster, artifacts_dir) -> None:
 # The checks of the hosts themselves (engine, swarm, overlay, registry), whatever their trainers do.
 HOST_CHECKS = [check_docker_service, check_compose_v2, check_docker_sdk, check_engine_runtime_packages, check_swarm,
                check_overlay_network, check_overlay_reaches_across_hosts, check_image_registry]
-CHECKS = [*HOST_CHECKS, check_trainers_share_one_image, check_trainers_run_as_non_root, check_trainers_publish_no_ports,
-          check_trainers_are_confined, check_trainers_have_their_limits, check_image_has_no_setuid_files,
-          check_trainers_exited_zero, check_world_size, check_rank0_outputs_on_master]
+CHECKS = [*HOST_CHECKS, check_trainers_share_one_image, check_trainers_run_as_non_root,
+          check_trainers_use_their_network_and_publish_no_ports, check_trainers_are_confined,
+          check_trainers_have_their_limits, check_image_has_no_setuid_files, check_trainers_exited_zero,
+          check_world_size, check_rank0_outputs_on_master]
 ARTIFACT_CHECKS = [check_artifacts_fetched, check_loss_falls]
 
 

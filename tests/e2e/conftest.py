@@ -80,7 +80,9 @@ def lab_lifetime(name: str):
 
 @pytest.fixture(scope="session")
 def lab(pytestconfig, artifacts_dir):
-    """A lab of two hosts on which site.yml ran once and trained (the first run's result in lab.first_run)."""
+    """A lab of two hosts on which site.yml ran once and trained (the first run's result in lab.first_run),
+    with the trainers on the hosts' own network (cluster_network host): the checks, the second run and
+    the lab's scenarios prove that mode; the fault cases and the eight hosts train over the overlay."""
     if pytestconfig.getoption("inventory", default=None):
         pytest.skip("--inventory names a cluster of your own: the lab-driving scenarios do not run against it")
     with lab_lifetime("lab") as lifetime:
@@ -88,9 +90,12 @@ def lab(pytestconfig, artifacts_dir):
         if not KEEP_LAB:
             lifetime.callback(timed, "lab down", lab.command, "down")
         timed("lab up (2 hosts)", lab.command, "up", "--hosts", "2")
+        lab.use_network("host")
         shutil.rmtree(artifacts_dir / RUN_ID, ignore_errors=True)
         lab.first_run = lab.playbook(log_name="site-first-run", network_probe=True)
         assert_succeeded(lab.first_run)
+        assert "2 hosts, over the hosts' own network" in lab.first_run.output, (
+            f"the network probe did not measure the host network (log {lab.first_run.log})")
         yield lab
 
 

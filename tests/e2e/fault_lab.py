@@ -137,6 +137,7 @@ def fault_lab_session(shared: Lab) -> Iterator[FaultLab]:
     for host in (inventory.master + inventory.workers)[2:]:
         timed(f"faults: remove {host}", lab.command, "remove", host.rsplit("-", 1)[1])
     timed("faults: lab back to 2 hosts", lab.command, "up", "--hosts", "2")
+    lab.use_network("overlay")
     first = lab.playbook("site.yml", "-e", json.dumps(run_vars(BASE_RUN["run_id"], BASE_RUN["overrides"], wait=True)),
                          log_name="faults-site-first-run")
     assert_succeeded(first)

@@ -54,6 +54,12 @@ class Lab:
         assert result.returncode == 0, f"lab/lab {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
         return result.stdout
 
+    def use_network(self, network: str) -> None:
+        """Set cluster_network in the lab's inventory (group_vars/cluster.yml, beside the files lab/lab
+        writes), as a user sets it in theirs: the deployments and the checks read it there."""
+        path = self.inventory / "group_vars" / "cluster.yml"
+        path.write_text(f"---\n# Written by the e2e tests: the trainers' network.\ncluster_network: {network}\n")
+
     def reboot(self, host: str, power_loss: bool = False) -> None:
         """Restart one of the lab's hosts with its disk (lab/lab reboot); returns once SSH answers."""
         number = host.removeprefix(f"{self.name}-host-")

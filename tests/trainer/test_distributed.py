@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chargpt.distributed import DistributedError, read_env
+from chargpt.distributed import DistributedError, configure_socket_interfaces, read_env
 from chargpt.network import local_ipv4_addresses, pick_interface, wait_for_listener
 
 
@@ -64,6 +64,22 @@ def test_worker_uses_the_interface_of_the_route_to_the_master():
     assert name == expected
     assert "routes to 198.51.100.7" in reason
 
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, ("lo", "lo")),
+    ({"GLOO_SOCKET_IFNAME": "auto"}, ("lo", "lo")),
+    ({"GLOO_SOCKET_IFNAME": "eth7"}, ("eth7", "eth7")),
+    ({"NCCL_SOCKET_IFNAME": "ib0"}, ("lo", "ib0")),
+    ({"GLOO_SOCKET_IFNAME": "eth7", "NCCL_SOCKET_IFNAME": "=ib0"}, ("eth7", "=ib0")),
+], ids=["unset", "auto", "gloo set", "nccl set", "both set"])
+def test_gloo_and_nccl_use_the_interface_toward_the_master_unless_set(environ, expected):
+    """Whatever the network (the overlay or the hosts' own), both libraries talk over the interface
+    that reaches MASTER_ADDR; a name the environment gives wins."""
+    lines = []
+    configure_socket_interfaces(read_env({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"}), lines.append,
+                                environ=environ)
+    assert (environ["GLOO_SOCKET_IFNAME"], environ["NCCL_SOCKET_IFNAME"]) == expected
+    assert len(lines) == 2, lines
 
 
 def test_a_worker_finds_a_master_that_starts_listening_late():

@@ -22,7 +22,8 @@ def _ms(value) -> str:
 def probe_table(results: dict) -> list[str]:
     limits = results["limits"]
     hosts = sorted(results["hosts"])
-    lines = [f"network probe before run {results['run_id']}: {len(hosts)} hosts"]
+    network = {"host": "the hosts' own network"}.get(results.get("network"), "the overlay")
+    lines = [f"network probe before run {results['run_id']}: {len(hosts)} hosts, over {network}"]
     pairs = [("from", "to", "rtt ms median", "rtt ms max", "lost", "MTU", "full-MTU datagram")]
     for host, peer, result in _pairs(results):
         crossed = "ok" if result.get("mtu_ok") else "LOST"
