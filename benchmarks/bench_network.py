@@ -61,7 +61,8 @@ def allreduce(hosts: dict[str, str], image: str, overlay: str, network: str, nby
     processes = []
     for rank, name in enumerate(names):
         if network == "host":
-            where = ["--network", "host"] + [f"--add-host={PREFIX}{other}:{address}" for other, address in hosts.items()]
+            where = ["--network", "host"] + [f"--add-host={PREFIX}{other}:{address}"
+                                             for other, address in hosts.items()]
         else:
             where = ["--network", overlay, "--network-alias", f"{PREFIX}{name}"]
         on_host(name, "docker", "rm", "-f", f"{PREFIX}{name}", check=False)
@@ -98,7 +99,8 @@ def main() -> None:
     if len(hosts) < 3:
         sys.exit(f"{args.inventory} has {len(hosts)} hosts: bring the lab up with --hosts 3")
     master = next(iter(hosts))
-    image = on_host(master, "docker", "inspect", "--format", "{{.Config.Image}}", "chargpt-trainer-rank0").stdout.strip()
+    image = on_host(master, "docker", "inspect", "--format", "{{.Config.Image}}",
+                    "chargpt-trainer-rank0").stdout.strip()
     overlay = json.loads(subprocess.run(["ansible-inventory", "-i", str(args.inventory), "--host", master],
                                         capture_output=True, text=True, check=True).stdout).get(
         "cluster_overlay_network", "pytorch-dist-overlay-net")
@@ -135,7 +137,8 @@ def main() -> None:
               f"{host_mb:.1f} ({', '.join(map(str, bandwidth[(size, 'host')]))}) | {host_mb / overlay_mb:.2f}x |")
     if tokens:
         overlay_tps, host_tps = (statistics.median(tokens[net]) for net in ("overlay", "host"))
-        print(f"\ncpu preset, tokens/s: overlay {overlay_tps:,.0f}, host {host_tps:,.0f} ({host_tps / overlay_tps:.2f}x)")
+        print(f"\ncpu preset on 2 hosts, tokens/s: overlay {overlay_tps:,.0f}, host {host_tps:,.0f} "
+              f"({host_tps / overlay_tps:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def test_the_host_network_keeps_the_trainers_ports_to_the_cluster(tmp_path, netw
     for name, rules in files.items():
         assert dropped_ports(rules) == expected, rules
         if shutil.which("nft") and shutil.which("unshare"):
-            checked = subprocess.run(["unshare", "--net", "nft", "--check", "--file", str(tmp_path / "rules" / f"{name}.nft")],
+            path = tmp_path / "rules" / f"{name}.nft"
+            checked = subprocess.run(["unshare", "--net", "nft", "--check", "--file", str(path)],
                                      capture_output=True, text=True)
             assert checked.returncode == 0 or "Operation not permitted" in checked.stderr, checked.stderr

@@ -244,7 +244,8 @@ def check_trainers_use_their_network_and_publish_no_ports(cluster: Cluster) -> N
                 address = hostvars.get("swarm_advertise_addr") or hostvars["ansible_host"]
                 wanted = [node_addrs[other]] + ([master_addr] if other == cluster.names[0] else [])
                 for alias in wanted:
-                    assert (alias, address) in named, f"{container.name}'s /etc/hosts lacks {alias} {address}:\n{hosts_file}"
+                    assert (alias, address) in named, (
+                        f"{container.name}'s /etc/hosts lacks {alias} {address}:\n{hosts_file}")
         else:
             assert host_config.get("NetworkMode") != "host", f"{container.name} uses the host's network"
             aliases = container.raw["NetworkSettings"]["Networks"].get(cluster.overlay_network, {}).get("Aliases") or []

@@ -7,7 +7,8 @@ import copy
 
 import pytest
 
-from .checks import check_trainers_are_confined, check_trainers_have_their_limits, docker_bytes
+from .checks import (check_trainers_are_confined, check_trainers_have_their_limits,
+                     check_trainers_use_their_network_and_publish_no_ports, docker_bytes)
 from .cluster import RUN_ID_LABEL, Cluster, Container
 
 # The fields the two checks read, as `docker inspect` shows a trainer deployed with the role's defaults.
@@ -131,3 +132,77 @@ def test_a_templated_setting_is_refused():
     cluster = OneHost(trainer(), {"trainer_memory_limit": "{{ 4 * 1024 }}m"})
     with pytest.raises(AssertionError, match="sets trainer_memory_limit to a template"):
         check_trainers_have_their_limits(cluster)
+
+
+class TwoHosts:
+    """Two deployed hosts as the network check sees them: their trainers' inspect results, the
+    inventory's cluster_network and addresses, and each container's /etc/hosts file on its host."""
+
+    names = ["node1", "node2"]
+    overlay_network = "overlay-net"
+    setting = Cluster.setting
+
+    def __init__(self, network: str, raws: dict[str, dict], hosts_files: dict[str, str] | None = None):
+        self.vars = {"node1": {"ansible_host": "10.0.0.1", "cluster_network": network},
+                     "node2": {"ansible_host": "10.0.0.2", "cluster_network": network}}
+        self.raws, self.hosts_files = raws, hosts_files or {}
+
+    def hostvars(self, name: str) -> dict:
+        return self.vars[name]
+
+    def trainer_container(self, name: str) -> Container:
+        return Container(name, self.raws[name])
+
+    def host(self, name: str):
+        files = self.hosts_files
+
+        class Host:
+            @staticmethod
+            def check_output(command: str, path: str) -> str:
+                return files[path]
+        return Host()
+
+
+def networked(network: str, files: dict[str, str] | None = None, **changes) -> TwoHosts:
+    """Two trainers as the roles deploy them on network, then changes {host: {inspect field path:
+    value}} and files {host: its container's /etc/hosts}."""
+    raws, hosts_files = {}, {}
+    hosts_file = "127.0.0.1 localhost\n10.0.0.1 chargpt-master\n10.0.0.1 chargpt-node-00000\n10.0.0.2 chargpt-node-00001\n"
+    for rank, name in enumerate(TwoHosts.names):
+        aliases = (["chargpt-master"] if rank == 0 else []) + [f"chargpt-node-{rank:05d}"]
+        raws[name] = {"Name": f"/chargpt-trainer-rank{rank}", "HostsPath": f"/hosts-{name}",
+                      "Config": {"Env": ["MASTER_ADDR=chargpt-master", f"NODE_ADDR=chargpt-node-{rank:05d}"]},
+                      "HostConfig": {"NetworkMode": "host" if network == "host" else "overlay-net"},
+                      "NetworkSettings": {"Networks": {} if network == "host" else {"overlay-net": {"Aliases": aliases}}}}
+        hosts_files[f"/hosts-{name}"] = (files or {}).get(name, hosts_file)
+    for name, fields in changes.items():
+        for path, value in fields.items():
+            *parents, last = path.split(".")
+            target = raws[name]
+            for key in parents:
+                target = target[key]
+            target[last] = value
+    return TwoHosts(network, raws, hosts_files)
+
+
+@pytest.mark.parametrize("network", ["overlay", "host"])
+def test_trainers_on_the_network_their_inventory_names_pass(network):
+    check_trainers_use_their_network_and_publish_no_ports(networked(network))
+
+
+@pytest.mark.parametrize("network, files, changes, message", [
+    ("host", None, {"node2": {"HostConfig.NetworkMode": "overlay-net"}}, "not the host's"),
+    ("overlay", None, {"node2": {"HostConfig.NetworkMode": "host"}}, "uses the host's network"),
+    ("overlay", None, {"node1": {"NetworkSettings.Networks": {"overlay-net": {"Aliases": ["chargpt-node-00000"]}}}},
+     "has aliases"),
+    ("host", {"node2": "10.0.0.1 chargpt-master\n10.0.0.2 chargpt-node-00001\n"}, {},
+     "lacks chargpt-node-00000 10.0.0.1"),
+    ("host", {"node1": "10.0.0.9 chargpt-master\n10.0.0.1 chargpt-node-00000\n10.0.0.2 chargpt-node-00001\n"}, {},
+     "lacks chargpt-master 10.0.0.1"),
+    ("host", None, {"node2": {"HostConfig.PortBindings": {"29500/tcp": [{"HostPort": "29500"}]}}}, "publishes"),
+    ("overlay", None, {"node2": {"Config.Env": ["MASTER_ADDR=chargpt-master", "NODE_ADDR=a-node"]}}, "does not sort"),
+], ids=["host mode on the overlay", "overlay mode on the host", "master without its alias",
+        "a node missing from /etc/hosts", "the master at another address", "a published port", "unsorted NODE_ADDR"])
+def test_a_trainer_off_its_network_fails(network, files, changes, message):
+    with pytest.raises(AssertionError, match=message):
+        check_trainers_use_their_network_and_publish_no_ports(networked(network, files, **changes))
