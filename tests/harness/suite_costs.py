@@ -47,24 +47,25 @@ class Part:
 PARTS = (
     Part("Ansible, without hosts", ("tests/deploy/",),
          "yamllint, ansible-lint, syntax and argument specs; the preflight's refusals (every bad inventory, "
-         "setting and corpus, with its message); the compose, firewall and supervisor templates rendered; "
+         "setting and corpus, with its message); the compose (overlay and host network), firewall (checked by nft) "
+         "and supervisor templates rendered; "
          "the cluster role's layout against the inventory; the network probe's table and limits; the image tag; "
          "the shared run rules (error line, finished) and the script that reads a host's trainer; the status "
          "table and bin/chargpt-status; bin/chargpt-logs (merge, filters, unread hosts) and bin/chargpt-stop; the "
          "harness's recap parser"),
     Part("End to end, without a lab", ("tests/e2e/test_checks.py", "tests/e2e/test_fault_records.py",
                                        "tests/e2e/test_lab_command.py"),
-         "the cluster checks judged on inspect results; the fault records and docs/RELIABILITY.md's rendering; "
+         "the cluster checks judged on inspect results (confinement, limits, the trainers' network); the fault records and docs/RELIABILITY.md's rendering; "
          "lab/lab's refusals"),
     Part("Two-host lab", ("tests/e2e/test_cluster.py", "tests/e2e/test_lab_scenarios.py"),
-         "a fresh site.yml with the network probe trains across two simulated hosts; every cluster and artifact "
-         "check (testinfra); a second run changes nothing; --check reports nothing; an image from an external "
+         "a fresh site.yml trains across two simulated hosts on their own network (cluster_network host, the "
+         "network probe measuring it); every cluster and artifact check (testinfra); a second run changes nothing; --check reports nothing; an image from an external "
          "registry takes a finished run on (an allowed change of max_steps); teardown leaves nothing"),
     Part("Fault cases, on the two-host lab", ("tests/e2e/test_faults_bad_input.py", "tests/e2e/test_faults_identity.py",
                                                "tests/e2e/test_faults_integrity.py", "tests/e2e/test_faults_probe.py", "tests/e2e/test_faults_processes.py",
                                                "tests/e2e/test_faults_provisioning.py",
                                                "tests/e2e/test_faults_replicas.py"),
-         "every fault case of docs/RELIABILITY.md (which it writes): bad inputs (oversized runs among them) stop "
+         "every fault case of docs/RELIABILITY.md (which it writes), over the overlay: bad inputs (oversized runs among them) stop "
          "in preflight; refused settings, corpora and run ids; a damaged model refused by the fetch; a diverging "
          "run stopped for good; the probe's limits; seven faults on one run (five process faults, one with a "
          "damaged checkpoint, the master's host rebooted, the worker's host cut from its power); deployments beside a training run, "
@@ -74,8 +75,8 @@ PARTS = (
          "good (the hosts left notice it within dead_peer_timeout_s, the dead node pruned, the join tokens "
          "rotated)"),
     Part("Eight-host lab", ("tests/e2e/test_eight_hosts.py",),
-         "site.yml from scratch on eight hosts with the shipped smoke preset (world size 8, uneven batch "
-         "split), every cluster and artifact check, the status of the finished run"),
+         "site.yml from scratch on eight hosts with the shipped smoke preset over the overlay (world size 8, "
+         "uneven batch split), every cluster and artifact check, the status of the finished run"),
     Part("Trainer", ("tests/trainer/",),
          "the model, config, corpus, checkpoints, resume and replicas, the probe and the CLI, with real "
          "2- and 3-rank Gloo groups over loopback (process faults, a frozen or slow peer, uneven batches, SIGTERM)"),
