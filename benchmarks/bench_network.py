@@ -24,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench_ddp import OVERRIDES, median_tokens_per_s
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10, help="timed all-reduces a trial")
     parser.add_argument("--steps", type=int, default=300, help="training steps a trial (0: no step-time trials)")
+    parser.add_argument("--skip-allreduce", action="store_true", help="only the step-time trials")
     args = parser.parse_args()
 
     hosts = hosts_of(args.inventory)
@@ -109,7 +111,7 @@ def main() -> None:
           f"{args.iterations} timed a trial, {args.trials} trials")
 
     bandwidth: dict[tuple[int, str], list[float]] = {}
-    for trial in range(args.trials):
+    for trial in range(0 if args.skip_allreduce else args.trials):
         for size in (2, 3):
             for network in (("overlay", "host") if trial % 2 == 0 else ("host", "overlay")):
                 chosen = dict(list(hosts.items())[:size])
@@ -124,14 +126,16 @@ def main() -> None:
             args.inventory.parent / f"{args.inventory.name}-two-hosts.yml")
         for trial in range(args.trials):
             for network in (("overlay", "host") if trial % 2 == 0 else ("host", "overlay")):
-                run_id = f"bench-network-{network}-{trial + 1}"
+                # A new run id each time: site.yml leaves a finished run alone.
+                run_id = f"bench-network-{time.strftime('%H%M%S')}-{network}-{trial + 1}"
                 tokens.setdefault(network, []).append(steps(two_hosts, network, args.steps, run_id))
                 print(f"trial {trial + 1}: cpu preset on 2 hosts over {network}: "
                       f"{tokens[network][-1]:,.0f} tokens/s", flush=True)
 
-    print("\n| hosts | overlay bus bandwidth MB/s | host network MB/s | host / overlay |")
-    print("| --- | --- | --- | --- |")
-    for size in (2, 3):
+    if bandwidth:
+        print("\n| hosts | overlay bus bandwidth MB/s | host network MB/s | host / overlay |")
+        print("| --- | --- | --- | --- |")
+    for size in (2, 3) if bandwidth else ():
         overlay_mb, host_mb = (statistics.median(bandwidth[(size, net)]) for net in ("overlay", "host"))
         print(f"| {size} | {overlay_mb:.1f} ({', '.join(map(str, bandwidth[(size, 'overlay')]))}) | "
               f"{host_mb:.1f} ({', '.join(map(str, bandwidth[(size, 'host')]))}) | {host_mb / overlay_mb:.2f}x |")
