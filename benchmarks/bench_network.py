@@ -24,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def main() -> None:
     tokens: dict[str, list[float]] = {}
     if args.steps:
         two_hosts = Inventory.read(args.inventory).without(list(hosts)[2]).write(
-            args.inventory.parent / f"{args.inventory.name}-two-hosts.yml")
+            Path(tempfile.mkdtemp(prefix="bench-network-")) / "two-hosts.yml")
         for trial in range(args.trials):
             for network in (("overlay", "host") if trial % 2 == 0 else ("host", "overlay")):
                 # A new run id each time: site.yml leaves a finished run alone.
