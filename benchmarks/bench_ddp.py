@@ -43,10 +43,11 @@ def one_host(data: Path, steps: int, run_dir: Path) -> float:
     return median_tokens_per_s(run_dir / "metrics.jsonl")
 
 
-def two_hosts(inventory: Path, steps: int, run_id: str) -> float:
+def two_hosts(inventory: Path, steps: int, run_id: str, settings: dict | None = None, *args: str) -> float:
+    """Deploy the cpu preset with site.yml (settings and args added), wait for it, read its tokens/s."""
     extra = {"trainer_preset": "cpu", "trainer_run_id": run_id, "trainer_wait": True,
-             "trainer_overrides": {**OVERRIDES, "max_steps": steps, "checkpoint_interval": steps}}
-    playbook = subprocess.run(["ansible-playbook", "site.yml", "-i", str(inventory), "-e", json.dumps(extra)],
+             "trainer_overrides": {**OVERRIDES, "max_steps": steps, "checkpoint_interval": steps}, **(settings or {})}
+    playbook = subprocess.run(["ansible-playbook", "site.yml", "-i", str(inventory), "-e", json.dumps(extra), *args],
                               cwd=REPO_ROOT, capture_output=True, text=True)
     if playbook.returncode:
         sys.exit(f"site.yml failed for {run_id}:\n{playbook.stdout[-4000:]}")

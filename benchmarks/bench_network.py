@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_ddp import OVERRIDES, median_tokens_per_s
+from bench_ddp import two_hosts as deployed_tokens_per_s
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -79,16 +79,6 @@ def allreduce(hosts: dict[str, str], image: str, overlay: str, network: str, nby
     return json.loads(outputs[0][0].strip().splitlines()[-1])
 
 
-def steps(inventory: Path, network: str, steps: int, run_id: str) -> float:
-    extra = {"trainer_preset": "cpu", "trainer_run_id": run_id, "trainer_wait": True, "cluster_network": network,
-             "trainer_overrides": {**OVERRIDES, "max_steps": steps, "checkpoint_interval": steps}}
-    playbook = subprocess.run(["ansible-playbook", "site.yml", "-i", str(inventory), "-e", json.dumps(extra),
-                               "--skip-tags", "network_probe"], cwd=REPO_ROOT, capture_output=True, text=True)
-    if playbook.returncode:
-        sys.exit(f"site.yml failed for {run_id}:\n{playbook.stdout[-4000:]}")
-    return median_tokens_per_s(REPO_ROOT / "artifacts" / run_id / "metrics.jsonl")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inventory", type=Path, required=True, help="a lab inventory of three hosts, deployed")
@@ -129,7 +119,8 @@ def main() -> None:
             for network in (("overlay", "host") if trial % 2 == 0 else ("host", "overlay")):
                 # A new run id each time: site.yml leaves a finished run alone.
                 run_id = f"bench-network-{time.strftime('%H%M%S')}-{network}-{trial + 1}"
-                tokens.setdefault(network, []).append(steps(two_hosts, network, args.steps, run_id))
+                tokens.setdefault(network, []).append(deployed_tokens_per_s(
+                    two_hosts, args.steps, run_id, {"cluster_network": network}, "--skip-tags", "network_probe"))
                 print(f"trial {trial + 1}: cpu preset on 2 hosts over {network}: "
                       f"{tokens[network][-1]:,.0f} tokens/s", flush=True)
 
