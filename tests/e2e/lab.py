@@ -55,10 +55,12 @@ class Lab:
         return result.stdout
 
     def use_network(self, network: str) -> None:
-        """Set cluster_network in the lab's inventory (group_vars/cluster.yml, beside the files lab/lab
-        writes), as a user sets it in theirs: the deployments and the checks read it there."""
-        path = self.inventory / "group_vars" / "cluster.yml"
-        path.write_text(f"---\n# Written by the e2e tests: the trainers' network.\ncluster_network: {network}\n")
+        """Set cluster_network in the lab's inventory (its group_vars/all.yml), as a user sets it in
+        theirs: the deployments and the checks read it there. lab/lab up and add write that file
+        anew, without it (the overlay, the default)."""
+        path = self.inventory / "group_vars" / "all.yml"
+        kept = [line for line in path.read_text().splitlines() if not line.startswith("cluster_network:")]
+        path.write_text("\n".join(kept + [f"cluster_network: {network}"]) + "\n")
 
     def reboot(self, host: str, power_loss: bool = False) -> None:
         """Restart one of the lab's hosts with its disk (lab/lab reboot); returns once SSH answers."""
