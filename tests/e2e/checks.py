@@ -227,25 +227,28 @@ def check_trainers_use_their_network_and_publish_no_ports(cluster: Cluster) -> N
     node_addrs = {name: cluster.trainer_container(name).env["NODE_ADDR"] for name in cluster.names}
     assert sorted(node_addrs.values()) == [node_addrs[name] for name in cluster.names], (
         f"NODE_ADDR does not sort in node-rank order: {node_addrs}")
+    host_network = {name for name in cluster.names if cluster.setting(name, "cluster", "cluster_network") == "host"}
+    # The address each host's swarm node advertises, which the host network's names must stand for
+    # (read once per host, whatever form the inventory gives its address in).
+    addresses = {name: cluster.sh(name, "docker info --format %s", "{{.Swarm.NodeAddr}}").strip()
+                 for name in cluster.names} if host_network else {}
 
     def check(name):
         container = cluster.trainer_container(name)
         host_config = container.raw["HostConfig"]
         assert not host_config.get("PortBindings"), f"{container.name} publishes {host_config['PortBindings']}"
         assert not host_config.get("PublishAllPorts"), f"{container.name} publishes all ports"
-        if cluster.setting(name, "cluster", "cluster_network") == "host":
+        if name in host_network:
             assert host_config.get("NetworkMode") == "host", (
                 f"{container.name} uses network {host_config.get('NetworkMode')!r}, not the host's")
             # The container's /etc/hosts, read on its host: the trainer may have exited.
             hosts_file = cluster.host(name).check_output("cat %s", container.raw["HostsPath"])
             named = {(words[1], words[0]) for words in map(str.split, hosts_file.splitlines()) if len(words) >= 2}
             for other in cluster.names:
-                hostvars = cluster.hostvars(other)
-                address = hostvars.get("swarm_advertise_addr") or hostvars["ansible_host"]
                 wanted = [node_addrs[other]] + ([master_addr] if other == cluster.names[0] else [])
                 for alias in wanted:
-                    assert (alias, address) in named, (
-                        f"{container.name}'s /etc/hosts lacks {alias} {address}:\n{hosts_file}")
+                    assert (alias, addresses[other]) in named, (
+                        f"{container.name}'s /etc/hosts lacks {alias} {addresses[other]}:\n{hosts_file}")
         else:
             assert host_config.get("NetworkMode") != "host", f"{container.name} uses the host's network"
             aliases = container.raw["NetworkSettings"]["Networks"].get(cluster.overlay_network, {}).get("Aliases") or []

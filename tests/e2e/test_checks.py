@@ -136,16 +136,20 @@ def test_a_templated_setting_is_refused():
 
 class TwoHosts:
     """Two deployed hosts as the network check sees them: their trainers' inspect results, the
-    inventory's cluster_network and addresses, and each container's /etc/hosts file on its host."""
+    inventory's cluster_network, each host's swarm address and each container's /etc/hosts file."""
 
     names = ["node1", "node2"]
     overlay_network = "overlay-net"
     setting = Cluster.setting
 
     def __init__(self, network: str, raws: dict[str, dict], hosts_files: dict[str, str] | None = None):
-        self.vars = {"node1": {"ansible_host": "10.0.0.1", "cluster_network": network},
-                     "node2": {"ansible_host": "10.0.0.2", "cluster_network": network}}
+        self.vars = {"node1": {"cluster_network": network}, "node2": {"cluster_network": network}}
+        self.addresses = {"node1": "10.0.0.1", "node2": "10.0.0.2"}
         self.raws, self.hosts_files = raws, hosts_files or {}
+
+    def sh(self, name: str, command: str, *args) -> str:
+        assert command.startswith("docker info"), command
+        return self.addresses[name] + "\n"
 
     def hostvars(self, name: str) -> dict:
         return self.vars[name]
