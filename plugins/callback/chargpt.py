@@ -22,6 +22,8 @@ DOCUMENTATION = """
         people (their debug messages), the run's progress, failures, warnings and the recap; everything
         else still goes to the log file (ANSIBLE_LOG_PATH) when one is set. A debug message shows as its
         text.
+      - After the recap of site.yml, each host it could not reach gets a line that says what to do (bring it
+        back, or remove it from the inventory, and for the master which groups to edit).
     extends_documentation_fragment:
       - default_callback
       - result_format_callback
@@ -52,6 +54,23 @@ def duration(seconds) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def unreachable_advice(host: str, groups: dict[str, list[str]]) -> str:
+    """What to do about a host that site.yml could not reach, by its place in the inventory
+    (groups: the host's groups, each with its hosts in inventory order)."""
+    if host in groups.get("master", []):
+        without = ("if it is lost for good, remove it from the inventory, put another host under master and first "
+                   "under managers, and run site.yml again")
+    else:
+        first_manager = groups.get("managers", [None])[0] == host
+        without = ("to go on without it, remove it from the inventory"
+                   + (", list another host first under managers" if first_manager else "")
+                   + " and run site.yml again")
+    role = "the master" if host in groups.get("master", []) else "a worker" if host in groups.get("cluster", []) else ""
+    return (f"{host}{f' ({role})' if role else ''} could not be reached. Bring it back (its power, network and SSH) "
+            f"and run site.yml again, or, {without}: the hosts left resume the run from the newest checkpoint they "
+            f"hold, at the smaller world size (README: When a host dies).")
+
+
 def progress_line(record: dict) -> str:
     loss = "-" if record.get("loss") is None else f"{record['loss']:.4f}"
     return (f"run {record['state']}: step {record['step']}/{record['max_steps']} | loss {loss} | "
@@ -70,6 +89,8 @@ class CallbackModule(DefaultCallback):
         self._progress_every_s = float(os.environ.get(PROGRESS_EVERY_VARIABLE, "10"))
         self._last_progress = (None, 0.0)  # (step, when) of the latest progress line
         self._showing = True
+        self._advise_unreachable = False
+        self._unreachable: dict[str, dict[str, list[str]]] = {}  # host: its groups and their hosts
         if self._brief:
             # Every line goes through here, the other callbacks' (profile_tasks) too: what a person does
             # not need goes to the log file only. Errors and warnings (stderr) always show.
@@ -84,6 +105,11 @@ class CallbackModule(DefaultCallback):
 
     def _show(self, showing: bool) -> None:
         self._showing = showing or not self._brief
+
+    def v2_playbook_on_start(self, playbook):
+        # Only site.yml gets the advice: the other playbooks name unreachable hosts their own way.
+        self._advise_unreachable = os.path.basename(playbook._file_name) == "site.yml"
+        super().v2_playbook_on_start(playbook)
 
     def v2_playbook_on_play_start(self, play):
         self._show(True)
@@ -115,6 +141,9 @@ class CallbackModule(DefaultCallback):
         self._show(False)
 
     def v2_runner_on_unreachable(self, result):
+        host = result._host
+        self._unreachable.setdefault(host.get_name(), {
+            group.get_name(): [member.get_name() for member in group.get_hosts()] for group in host.get_groups()})
         self._show(True)
         super().v2_runner_on_unreachable(result)
         self._show(False)
@@ -134,4 +163,7 @@ class CallbackModule(DefaultCallback):
     def v2_playbook_on_stats(self, stats):
         self._show(True)
         super().v2_playbook_on_stats(stats)
+        if self._advise_unreachable:
+            for host, groups in self._unreachable.items():
+                self._display.display(unreachable_advice(host, groups))
         self._show(False)

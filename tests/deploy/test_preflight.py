@@ -409,12 +409,24 @@ def test_unknown_image_distribution(tmp_path):
                    "trainer_image_distribution is 'torrent'", "cluster_registry", "copy", "external")
 
 
-def test_unreachable_host(tmp_path):
-    # An SSH host on a closed loopback port: unreachable at once.
-    host_vars = {"node3": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9,
-                           "ansible_ssh_common_args": "-o ConnectTimeout=3 -o BatchMode=yes"}}
-    result = preflight(tmp_path, workers=["node2", "node3"], host_vars=host_vars)
+@pytest.mark.parametrize("host, advice", [
+    ("node3", "node3 (a worker) could not be reached. Bring it back (its power, network and SSH) and run site.yml "
+              "again, or, to go on without it, remove it from the inventory and run site.yml again: the hosts left "
+              "resume the run from the newest checkpoint they hold, at the smaller world size"),
+    ("node1", "node1 (the master) could not be reached. Bring it back (its power, network and SSH) and run site.yml "
+              "again, or, if it is lost for good, remove it from the inventory, put another host under master and "
+              "first under managers, and run site.yml again: the hosts left resume"),
+])
+def test_unreachable_host_stops_site_yml_with_what_to_do(tmp_path, host, advice):
+    # An SSH host on a closed loopback port: unreachable at once. In check mode, so that a stage that
+    # wrongly ran after the preflight would not change this machine either.
+    host_vars = {host: {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9,
+                        "ansible_ssh_common_args": "-o ConnectTimeout=3 -o BatchMode=yes"}}
+    inventory = local_inventory(tmp_path / "hosts.yml", ["node1"], ["node2", "node3"], host_vars=host_vars)
+    result = run_playbook("site.yml", inventory, "--check")
     text = output(result)
     assert result.returncode != 0, text
-    assert "UNREACHABLE" in text and "node3" in text
-    assert text.count("PLAY [") == 1
+    assert f"fatal: [{host}]: UNREACHABLE" in text, text[-3000:]
+    stages = text.split("PLAY RECAP")[0].split("PLAY [")[2:]
+    assert stages and not any("TASK [" in stage for stage in stages), f"a stage after the preflight ran:\n{text}"
+    assert advice in text, text[-3000:]

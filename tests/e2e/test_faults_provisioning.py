@@ -177,6 +177,8 @@ def test_host_unreachable_during_provisioning(fault_lab, long_run):
         result.details.update(exit_code=returncode, failed_after_pause_s=failed_after)
         assert returncode != 0, f"site.yml succeeded with {new_host} frozen (log {log})"
         assert re.search(rf"{re.escape(new_host)}.*UNREACHABLE", text), f"{new_host} was not reported unreachable ({log})"
+        advice = f"{new_host} (a worker) could not be reached. Bring it back (its power, network and SSH)"
+        assert advice in text, f"site.yml did not say what to do about {new_host} ({log})"
         guarded = "dropped out of this play" in text
         result.details["stopped_by"] = ("the trainer stage's guard (no compose file for a host that dropped out)"
                                         if guarded else "any_errors_fatal: no play ran a task after the host dropped out")
