@@ -107,13 +107,14 @@ def test_bad_ranks(tmp_path, ranks, shown):
                    "The node ranks", shown, "must be 0..2, each once, with the master at 0")
 
 
-def test_processes_per_node_out_of_range(tmp_path):
-    assert_stopped(preflight(tmp_path, host_vars={"node2": {"cluster_nproc_per_node": 0}}),
-                   "cluster_nproc_per_node is", "on node2; it must be", "an integer of at least 1")
+def test_cluster_numbers_out_of_range(tmp_path):
+    """Both in one run: the check loops over the cluster's numbers and names each that is wrong."""
+    assert_stopped(preflight(tmp_path, host_vars={"node2": {"cluster_nproc_per_node": 0, "cluster_master_port": 70000}}),
+                   "cluster_nproc_per_node is 0 on node2; it must be an integer of at least 1",
+                   "cluster_master_port is 70000 on node2; it must be an integer from 1 to 65535")
 
 
 OUT_OF_RANGE = [
-    ("cluster_master_port", 70000, "an integer from 1 to 65535"),
     ("trainer_overrides", "max_steps=5", "a mapping"),
     ("trainer_gpus", "some", 'an integer of at least 0, or "all"'),
     ("trainer_torchrun_max_restarts", -1, "an integer of at least 0"),
