@@ -56,7 +56,9 @@ def duration(seconds) -> str:
 
 def unreachable_advice(host: str, groups: dict[str, list[str]]) -> str:
     """What to do about a host that site.yml could not reach, by its place in the inventory
-    (groups: the host's groups, each with its hosts in inventory order)."""
+    (groups: the host's groups, each with its hosts in inventory order). The group names are the
+    cluster role's defaults (cluster_master_group, ...): a callback sees no role variables, and a
+    host of renamed groups gets the advice without the part about its groups."""
     if host in groups.get("master", []):
         without = ("if it is lost for good, remove it from the inventory, put another host under master and first "
                    "under managers, and run site.yml again")
@@ -67,8 +69,8 @@ def unreachable_advice(host: str, groups: dict[str, list[str]]) -> str:
                    + " and run site.yml again")
     role = "the master" if host in groups.get("master", []) else "a worker" if host in groups.get("cluster", []) else ""
     return (f"{host}{f' ({role})' if role else ''} could not be reached. Bring it back (its power, network and SSH) "
-            f"and run site.yml again, or, {without}: the hosts left resume the run from the newest checkpoint they "
-            f"hold, at the smaller world size (README: When a host dies).")
+            f"and run site.yml again, or, {without}: the hosts left train on from the newest checkpoint they hold, "
+            f"at the smaller world size (README: When a host dies).")
 
 
 def progress_line(record: dict) -> str:

@@ -413,10 +413,10 @@ def test_unknown_image_distribution(tmp_path):
 @pytest.mark.parametrize("host, advice", [
     ("node3", "node3 (a worker) could not be reached. Bring it back (its power, network and SSH) and run site.yml "
               "again, or, to go on without it, remove it from the inventory and run site.yml again: the hosts left "
-              "resume the run from the newest checkpoint they hold, at the smaller world size"),
+              "train on from the newest checkpoint they hold, at the smaller world size"),
     ("node1", "node1 (the master) could not be reached. Bring it back (its power, network and SSH) and run site.yml "
               "again, or, if it is lost for good, remove it from the inventory, put another host under master and "
-              "first under managers, and run site.yml again: the hosts left resume"),
+              "first under managers, and run site.yml again: the hosts left train on"),
 ])
 def test_unreachable_host_stops_site_yml_with_what_to_do(tmp_path, host, advice):
     # An SSH host on a closed loopback port: unreachable at once. In check mode, so that a stage that
