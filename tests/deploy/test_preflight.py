@@ -109,7 +109,8 @@ def test_bad_ranks(tmp_path, ranks, shown):
 
 def test_cluster_numbers_out_of_range(tmp_path):
     """Both in one run: the check loops over the cluster's numbers and names each that is wrong."""
-    assert_stopped(preflight(tmp_path, host_vars={"node2": {"cluster_nproc_per_node": 0, "cluster_master_port": 70000}}),
+    wrong = {"cluster_nproc_per_node": 0, "cluster_master_port": 70000}
+    assert_stopped(preflight(tmp_path, host_vars={"node2": wrong}),
                    "cluster_nproc_per_node is 0 on node2; it must be an integer of at least 1",
                    "cluster_master_port is 70000 on node2; it must be an integer from 1 to 65535")
 
