@@ -19,13 +19,18 @@ is_count() {
 }
 
 train() {
-    for name in NNODES NPROC_PER_NODE NODE_RANK MASTER_PORT TORCHRUN_MAX_RESTARTS TORCHRUN_JOIN_TIMEOUT_S; do
+    # Without them, the group needs every node, as before elastic membership.
+    MIN_NODES=${MIN_NODES:-${NNODES:-}}
+    TORCHRUN_REJOIN_WAIT_S=${TORCHRUN_REJOIN_WAIT_S:-120}
+    for name in NNODES MIN_NODES NPROC_PER_NODE NODE_RANK MASTER_PORT TORCHRUN_MAX_RESTARTS TORCHRUN_JOIN_TIMEOUT_S \
+        TORCHRUN_REJOIN_WAIT_S; do
         eval "value=\${$name:-}"
         is_count "$value" || fail "$name='$value' must be a non-negative integer"
     done
     [ "$NNODES" -ge 1 ] || fail "NNODES must be at least 1"
     [ "$NPROC_PER_NODE" -ge 1 ] || fail "NPROC_PER_NODE must be at least 1"
     [ "$NODE_RANK" -lt "$NNODES" ] || fail "NODE_RANK=$NODE_RANK must be below NNODES=$NNODES"
+    [ "$MIN_NODES" -ge 1 ] && [ "$MIN_NODES" -le "$NNODES" ] || fail "MIN_NODES=$MIN_NODES must be from 1 to NNODES=$NNODES"
     [ "$TORCHRUN_JOIN_TIMEOUT_S" -ge 1 ] || fail "TORCHRUN_JOIN_TIMEOUT_S must be at least 1 (seconds)"
     [ -n "$MASTER_ADDR" ] || fail "MASTER_ADDR is empty; set it to the master's address or name"
     [ -n "${NODE_ADDR:-}" ] || fail "NODE_ADDR is empty; set it to this node's address or name, one that sorts in node-rank order (the rendezvous numbers the nodes by it)"
@@ -57,15 +62,25 @@ train() {
 
     [ "$NODE_RANK" -eq 0 ] || wait_for_master
 
+    # Elastic membership: with MIN_NODES below NNODES, the nodes left after a loss form the group
+    # again once the lost one has not come back within TORCHRUN_REJOIN_WAIT_S (the rendezvous's last
+    # call), and a node that comes back joins at the next re-formation.
+    nnodes=$NNODES
+    rendezvous_conf="is_host=$is_host,join_timeout=$TORCHRUN_JOIN_TIMEOUT_S"
+    if [ "$MIN_NODES" -lt "$NNODES" ]; then
+        nnodes="$MIN_NODES:$NNODES"
+        rendezvous_conf="$rendezvous_conf,last_call_timeout=$TORCHRUN_REJOIN_WAIT_S"
+    fi
+
     set -- "$@" --data "$TRAIN_DATA" --run-dir "$RUN_ROOT/$RUN_ID" --preset "$TRAIN_PRESET"
-    echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $NNODES, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $((NNODES * NPROC_PER_NODE)), up to $TORCHRUN_MAX_RESTARTS restart(s)"
+    echo "entrypoint: node $NODE_RANK ($NODE_ADDR) of $nnodes, $NPROC_PER_NODE process(es) per node, rendezvous $rendezvous_id at $MASTER_ADDR:$MASTER_PORT, world size $((NNODES * NPROC_PER_NODE)), up to $TORCHRUN_MAX_RESTARTS restart(s)"
     torchrun \
-        --nnodes="$NNODES" \
+        --nnodes="$nnodes" \
         --nproc-per-node="$NPROC_PER_NODE" \
         --rdzv-backend=c10d \
         --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" \
         --rdzv-id="$rendezvous_id" \
-        --rdzv-conf="is_host=$is_host,join_timeout=$TORCHRUN_JOIN_TIMEOUT_S" \
+        --rdzv-conf="$rendezvous_conf" \
         --local-addr="$NODE_ADDR" \
         --max-restarts="$TORCHRUN_MAX_RESTARTS" \
         -m chargpt train "$@" &
@@ -84,7 +99,7 @@ train() {
 
 check_run() {
     chargpt check "$@" --data "$TRAIN_DATA" --preset "$TRAIN_PRESET" --world-size "$((NNODES * NPROC_PER_NODE))" \
-        --run-dir "$RUN_ROOT/$RUN_ID"
+        --min-world-size "$((MIN_NODES * NPROC_PER_NODE))" --run-dir "$RUN_ROOT/$RUN_ID"
 }
 
 # A worker finds the master's rendezvous itself, trying every second, before torchrun does: torchrun's

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .config import TrainConfig, build_config, parse_assignments
+from .config import ConfigError, TrainConfig, build_config, parse_assignments
 from .data import Corpus, load_corpus
 from .memory import MemoryEstimate, check_fits, estimate, parse_size
 from .model_config import model_args
@@ -46,17 +46,23 @@ class CheckedInputs:
 
 def check_inputs(data: Path, preset: str, assignments: list[str], world_size: int, run_dir: Path | None,
                  warn: Callable[[str], None], environ: Mapping[str, str] | None = None,
-                 memory_limit: str = "", processes_per_host: int = 1) -> CheckedInputs:
+                 memory_limit: str = "", processes_per_host: int = 1,
+                 min_world_size: int | None = None) -> CheckedInputs:
     """The config (preset, CHARGPT_<KEY> variables, --set), the batch against the world size, the
     corpus, the memory a host of processes_per_host trainers needs against memory_limit (Docker's
     notation, e.g. "8g"; "" for none) and, with a run directory, what resuming there would find.
-    Raises on bad input."""
+    A group that may go on with fewer processes (min_world_size) splits the same batch over fewer
+    ranks: the memory is the larger of the two ends. Raises on bad input."""
     config = build_config(preset, parse_assignments(assignments), environ)
     config.check_world_size(world_size)
+    smallest = world_size if min_world_size is None else min_world_size
+    if not 1 <= smallest <= world_size:
+        raise ConfigError(f"the smallest world size ({smallest}) must be from 1 to the world size ({world_size})")
     limit = parse_size(memory_limit) if memory_limit else None
     corpus = load_corpus(data, config.block_size, config.val_fraction)
-    memory = estimate(config, corpus.tokenizer.vocab_size, corpus.characters, sys.getsizeof(corpus.text),
-                      world_size, processes_per_host)
+    memory = max((estimate(config, corpus.tokenizer.vocab_size, corpus.characters, sys.getsizeof(corpus.text),
+                           size, processes_per_host) for size in {world_size, smallest}),
+                 key=lambda each: each.host_bytes)
     if limit is not None:
         check_fits(memory, limit, memory_limit, config)
     resume = Resume(None) if run_dir is None else find_resume_state(Path(run_dir), config, corpus, warn)

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_arguments(check)
     check.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
     check.add_argument("--world-size", type=int, default=1, help="processes over all nodes (default: 1)")
+    check.add_argument("--min-world-size", type=int, metavar="N",
+                       help="the fewest processes the group may go on with after losing hosts, whose ranks "
+                            "each hold more of the batch (default: --world-size)")
     check.add_argument("--run-dir", type=Path, help="also check what resuming there would find (read only)")
     check.add_argument("--memory-limit", default="", metavar="SIZE",
                        help="refuse a run whose estimated memory per host exceeds SIZE (Docker's notation: 8g, "
@@ -105,7 +108,8 @@ def check_command(args: argparse.Namespace) -> int:
     # Warnings (a torn checkpoint skipped) go to stderr: stdout may be JSON for a program to read.
     inputs = check_inputs(args.data, args.preset, args.set, args.world_size, args.run_dir,
                           warn=lambda text: print(f"[chargpt] warning: {text}", file=sys.stderr, flush=True),
-                          memory_limit=args.memory_limit, processes_per_host=args.processes_per_host)
+                          memory_limit=args.memory_limit, processes_per_host=args.processes_per_host,
+                          min_world_size=args.min_world_size)
     print(json.dumps(inputs.report(), indent=2) if args.json else inputs.summary_line(args.preset))
     return 0
 

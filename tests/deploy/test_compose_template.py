@@ -60,7 +60,7 @@ def test_ranks_world_size_and_master_address(tmp_path, hosts):
         service = files[name]["services"]["trainer"]
         env = service["environment"]
         assert env["NODE_RANK"] == str(rank)
-        assert env["NNODES"] == str(hosts)
+        assert env["NNODES"] == env["MIN_NODES"] == str(hosts)  # by default the group needs every host
         assert env["NPROC_PER_NODE"] == "1"
         assert "WORLD_SIZE" not in env  # torchrun derives it from NNODES and NPROC_PER_NODE
         assert env["MASTER_ADDR"] == "chargpt-master"
@@ -137,12 +137,14 @@ def test_settings_reach_every_host(tmp_path):
         "trainer_run_id": "run-7", "trainer_overrides": {"max_steps": 100, "lr": 0.001, "compile": True},
         "trainer_gpus": "all", "trainer_allow_config_change": ["max_steps", "lr"], "trainer_torchrun_max_restarts": 2,
         "trainer_memory_limit": "2g", "cluster_overlay_network": "other-net", "trainer_torchrun_join_timeout_s": 90,
+        "trainer_min_nodes": 2, "trainer_rejoin_wait_s": 45,
         "trainer_environment": {"TRAIN_FAULT_CHECKPOINT_PAUSE": "100:30", "OMP_NUM_THREADS": 2,
                                 "LITERAL": "a $b ${c} $$d"}})
     for rank, name in enumerate(["node1", "node2", "node3"]):
         service = files[name]["services"]["trainer"]
         env = service["environment"]
         assert (env["NODE_RANK"], env["NNODES"], env["NPROC_PER_NODE"]) == (str(rank), "3", "2")
+        assert (env["MIN_NODES"], env["TORCHRUN_REJOIN_WAIT_S"]) == ("2", "45")
         assert service["labels"]["org.chargpt.world-size"] == "6"
         assert env["MASTER_PORT"] == "29600"
         assert (env["RUN_ID"], env["TRAIN_PRESET"]) == ("run-7", "smoke")

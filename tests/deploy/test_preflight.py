@@ -120,6 +120,8 @@ OUT_OF_RANGE = [
     ("trainer_gpus", "some", 'an integer of at least 0, or "all"'),
     ("trainer_torchrun_max_restarts", -1, "an integer of at least 0"),
     ("trainer_torchrun_join_timeout_s", 0, "an integer of at least 1 (seconds)"),
+    ("trainer_min_nodes", 3, "an integer from 1 to the number of hosts (2), or 0 for every host"),
+    ("trainer_rejoin_wait_s", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_restart_sec", 0, "an integer of at least 1 (seconds)"),
     ("trainer_supervisor_start_limit_burst", 0, "an integer of at least 1"),
     ("trainer_lost_network_stop_timeout_s", -1, "an integer of at least 0 (seconds)"),

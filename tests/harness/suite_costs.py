@@ -79,7 +79,8 @@ PARTS = (
          "uneven batch split), every cluster and artifact check, the status of the finished run"),
     Part("Trainer", ("tests/trainer/",),
          "the model, config, corpus, checkpoints, resume and replicas, the probe and the CLI, with real "
-         "2- and 3-rank Gloo groups over loopback (process faults, a frozen or slow peer, uneven batches, SIGTERM)"),
+         "2- and 3-rank Gloo groups over loopback (process faults, a frozen or slow peer, uneven batches, SIGTERM, "
+         "a node lost for good while the others train on at a smaller world size through the image's entrypoint)"),
 )
 
 

@@ -77,10 +77,25 @@ def test_train_checks_the_inputs_before_torchrun(fake_bin):
     result = entrypoint(fake_bin, NNODES="2", NPROC_PER_NODE="3", RUN_ID="r1", TRAIN_PRESET="smoke")
     assert result.returncode == 0, result.stderr
     words = result.stdout.splitlines()
-    assert words[:words.index("torchrun")][:10] == [
+    assert words[:words.index("torchrun")][:12] == [
         "chargpt", "check", "--data", "/data/input.txt", "--preset", "smoke", "--world-size", "6",
-        "--run-dir", "/runs/r1"]
+        "--min-world-size", "6", "--run-dir", "/runs/r1"]
     assert "torchrun" in words
+
+
+def test_a_group_that_may_shrink_is_elastic_and_checked_at_its_smallest(fake_bin):
+    result = entrypoint(fake_bin, NNODES="3", MIN_NODES="2", NPROC_PER_NODE="2", NODE_RANK="0", RUN_ID="r1",
+                        TORCHRUN_REJOIN_WAIT_S="45")
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.splitlines()
+    check = words[:words.index("torchrun")]
+    assert check[check.index("--world-size"):check.index("--world-size") + 4] == [
+        "--world-size", "6", "--min-world-size", "4"]
+    launched = words[words.index("torchrun"):]
+    assert "--nnodes=2:3" in launched
+    assert "--rdzv-conf=is_host=true,join_timeout=600,last_call_timeout=45" in launched
+    # The rendezvous keeps the full world's shape, whatever size the group trains at.
+    assert "--rdzv-id=r1-3x2" in launched
 
 
 def test_extra_train_arguments_reach_the_check_too(fake_bin):
@@ -118,6 +133,9 @@ def test_train_is_the_default_command(fake_bin):
     ({"NODE_ADDR": ""}, "NODE_ADDR is empty"),
     ({"NODE_ADDR": "a b"}, "NODE_ADDR='a b' is not a host name or address"),
     ({"TORCHRUN_JOIN_TIMEOUT_S": "0"}, "TORCHRUN_JOIN_TIMEOUT_S must be at least 1"),
+    ({"NNODES": "2", "MIN_NODES": "3"}, "MIN_NODES=3 must be from 1 to NNODES=2"),
+    ({"NNODES": "2", "MIN_NODES": "0"}, "MIN_NODES=0 must be from 1 to NNODES=2"),
+    ({"TORCHRUN_REJOIN_WAIT_S": "soon"}, "TORCHRUN_REJOIN_WAIT_S='soon' must be a non-negative integer"),
 ])
 def test_inconsistent_settings_fail_before_torchrun(fake_bin, env, message):
     result = entrypoint(fake_bin, **env)

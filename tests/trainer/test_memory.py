@@ -85,6 +85,25 @@ def test_a_limit_below_the_trainers_without_a_model_says_to_raise_it(capsys, cor
     assert ("or run fewer processes per host" in error) == (processes > 1)
 
 
+def test_a_group_that_may_shrink_is_judged_at_its_smallest_world(capsys, corpus_path):
+    """Fewer ranks split the same global batch into larger shares: a run that fits at eight ranks does
+    not at one, unless micro-batches cap each rank's share."""
+    args = ["check", "--data", str(corpus_path), "--preset", "original", "--memory-limit", "4g", "--world-size", "8"]
+    assert main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*args, "--min-world-size", "1"]) == EXIT_BAD_INPUT
+    assert "more than the memory limit of 4.00 GiB (4g): set micro_batch_size=" in capsys.readouterr().err
+    assert main([*args, "--min-world-size", "1", "--set", "micro_batch_size=8"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("smallest", ["0", "9"])
+def test_a_smallest_world_outside_the_world_is_refused(capsys, corpus_path, smallest):
+    status = main(["check", "--data", str(corpus_path), "--preset", "smoke", "--world-size", "8",
+                   "--min-world-size", smallest])
+    assert status == EXIT_BAD_INPUT
+    assert f"the smallest world size ({smallest}) must be from 1 to the world size (8)" in capsys.readouterr().err
+
+
 def test_a_run_that_fits_passes_and_reports_its_estimate(capsys, corpus_path):
     status = main(["check", "--data", str(corpus_path), "--preset", "original", "--memory-limit", "8g", "--json"])
     memory = json.loads(capsys.readouterr().out)["memory"]
