@@ -59,7 +59,8 @@ def unreachable_advice(host: str, groups: dict[str, list[str]]) -> str:
     (groups: the host's groups, each with its hosts in inventory order). The group names are the
     cluster role's defaults (cluster_master_group, ...): a callback sees no role variables, and a
     host of renamed groups gets the advice without the part about its groups."""
-    if host in groups.get("master", []):
+    is_master = host in groups.get("master", [])
+    if is_master:
         without = ("if it is lost for good, remove it from the inventory, put another host under master and first "
                    "under managers, and run site.yml again")
     else:
@@ -67,7 +68,7 @@ def unreachable_advice(host: str, groups: dict[str, list[str]]) -> str:
         without = ("to go on without it, remove it from the inventory"
                    + (", list another host first under managers" if first_manager else "")
                    + " and run site.yml again")
-    role = "the master" if host in groups.get("master", []) else "a worker" if host in groups.get("cluster", []) else ""
+    role = "the master" if is_master else "a worker" if host in groups.get("cluster", []) else ""
     return (f"{host}{f' ({role})' if role else ''} could not be reached. Bring it back (its power, network and SSH) "
             f"and run site.yml again, or, {without}: the hosts left train on from the newest checkpoint they hold, "
             f"at the smaller world size (README: When a host dies).")

@@ -83,15 +83,28 @@ def wait_for(condition, process: subprocess.Popen, timeout: float, what: str) ->
         time.sleep(0.05)
 
 
+def parent_pids() -> dict[int, int]:
+    """{pid: parent pid} of every process that could be read."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return parents
+
+
 def ranks_of(torchrun_pid: int) -> dict[int, int]:
     """{global rank: pid} of torchrun's worker processes."""
     ranks = {}
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            parent = int(environ.with_name("stat").read_text().rsplit(")", 1)[1].split()[1])
-            variables = dict(item.split("=", 1) for item in environ.read_bytes().decode().split("\0") if "=" in item)
-        except (OSError, UnicodeDecodeError, IndexError, ValueError):
+    for pid, parent in parent_pids().items():
+        if parent != torchrun_pid:
             continue
-        if parent == torchrun_pid and "RANK" in variables:
-            ranks[int(variables["RANK"])] = int(environ.parent.name)
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        variables = dict(item.split("=", 1) for item in environ.split("\0") if "=" in item)
+        if "RANK" in variables:
+            ranks[int(variables["RANK"])] = pid
     return ranks

@@ -10,10 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import APP_DIR, child_env, free_port
+from conftest import APP_DIR, child_env, free_port, parent_pids
+from test_replicas import wait_for_step
 
 ENTRYPOINT = APP_DIR / "entrypoint.sh"
 NODES = 3
@@ -35,12 +35,8 @@ def start_node(rank: int, corpus: Path, run_root: Path, port: int) -> subprocess
 def descendants(pid: int) -> list[int]:
     """pid and every process below it (torchrun starts its workers in sessions of their own)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
+    for child, parent in parent_pids().items():
+        children.setdefault(parent, []).append(child)
     found, queue = [], [pid]
     while queue:
         found.append(queue.pop())
@@ -48,23 +44,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def progress_step(run_dir: Path) -> int:
-    try:
-        return json.loads((run_dir / "progress.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def test_the_nodes_left_after_a_lost_node_train_on_at_the_smaller_world_size(corpus_path, tmp_path):
     port = free_port()
     roots = [tmp_path / f"node{rank}" for rank in range(NODES)]
     nodes = [start_node(rank, corpus_path, root, port) for rank, root in enumerate(roots)]
     try:
-        deadline = time.monotonic() + 120
-        while progress_step(roots[2] / "elastic") < 30:
-            assert all(node.poll() is None for node in nodes), "a node ended before the loss"
-            assert time.monotonic() < deadline, "the three nodes did not reach step 30 within 120 s"
-            time.sleep(0.05)
+        wait_for_step(roots[2] / "elastic", 30, nodes)
         for pid in descendants(nodes[2].pid):
             os.kill(pid, signal.SIGKILL)
         held = [sorted(int(path.name[5:13]) for path in (root / "elastic" / "checkpoints").glob("ckpt-*.pt"))
